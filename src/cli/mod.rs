@@ -1,0 +1,36 @@
+//! Argument parsing and progress display only; no logic a library user would need.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub mod progress;
+
+/// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
+#[derive(Parser, Debug)]
+#[command(name = "hdpo", version, about, long_about = None)]
+pub struct Cli {
+    /// Log level filter (error, warn, info, debug, trace); `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {}
+
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match cli.command {}
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,1 @@
+//! Evaluation (paper 4.2-4.3): report and VQA metrics, subsets, probes, tables.

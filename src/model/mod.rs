@@ -1,0 +1,1 @@
+//! The LLaVA model: CLIP vision tower, projector, Llama/Mistral decoder, LoRA, templates.
