@@ -6,13 +6,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// A progress bar over `len` items with the label `what`.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
-    if std::env::var_os("HDPO_PROGRESS").is_none() && !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if std::env::var_os("HDPO_PROGRESS").is_none()
+        && !std::io::IsTerminal::is_terminal(&std::io::stderr())
+    {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
     pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb

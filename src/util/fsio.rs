@@ -41,9 +41,12 @@ where
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("while syncing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot move the finished file into place at {}", path.display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| {
+        format!(
+            "cannot move the finished file into place at {}",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -141,7 +144,9 @@ mod tests {
         {
             std::fs::write(dir.path().join("secret"), b"").unwrap();
             std::os::unix::fs::symlink(dir.path().join("secret"), root.join("a/link")).unwrap();
-            let e = resolve_in_root(&root, "a/link", "r").unwrap_err().to_string();
+            let e = resolve_in_root(&root, "a/link", "r")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("outside the dataset root"), "{e}");
         }
     }
