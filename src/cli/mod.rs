@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod data;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -17,12 +18,17 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Dataset tools: inspect a dataset's contents.
+    Data(data::DataArgs),
+}
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    match cli.command {}
+    match cli.command {
+        Command::Data(a) => data::run(a),
+    }
 }
 
 fn init_tracing(level: &str) {

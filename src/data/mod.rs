@@ -6,12 +6,54 @@
 //! ([`RecordError`]); with [`LoadOptions::skip_bad`] bad records are counted
 //! and reported instead of stopping the load.
 
+pub mod image;
+pub mod inspect;
+pub mod load;
+pub mod pairs;
 pub mod phantom;
+pub mod r2gen;
+pub mod rule;
+pub mod slake;
+pub mod vqa_rad;
+
+pub use load::{detect_format, load, LoadOptions, LoadOutcome};
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+/// The on-disk dataset formats hdpo reads (one file per format in this module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetFormat {
+    /// VQA-RAD: `VQA_RAD Dataset Public.json` + `images/` (or `VQA_RAD Image Folder/`).
+    VqaRad,
+    /// SLAKE: `train.json`, `validate.json` / `validation.json`, `test.json` + `imgs/`.
+    Slake,
+    /// R2Gen-style `annotation.json` + `images/` (IU-Xray; MIMIC-CXR when `study_id` is present).
+    R2gen,
+    /// RULE / MMed-RAG VQA JSON Lines (`question`, `answer`, `image`, `question_id`).
+    Rule,
+    /// The phantom benchmark's SLAKE-style QA (`train.json`, `test.json`, `imgs/*/mask.png`).
+    Phantom,
+    /// The phantom benchmark's R2Gen-style reports (`annotation.json`), with the
+    /// lesion masks of `imgs/<id>/mask.png`.
+    PhantomReport,
+}
+
+impl fmt::Display for DatasetFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatasetFormat::VqaRad => "vqa-rad",
+            DatasetFormat::Slake => "slake",
+            DatasetFormat::R2gen => "r2gen",
+            DatasetFormat::Rule => "rule",
+            DatasetFormat::Phantom => "phantom",
+            DatasetFormat::PhantomReport => "phantom-report",
+        })
+    }
+}
 
 /// The kind of answer a sample expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]

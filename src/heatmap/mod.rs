@@ -2,6 +2,8 @@
 //! their file formats, heatmap sources, patch pooling and normalisation, and
 //! the salient region Ω*.
 
+pub mod io;
+
 use anyhow::{bail, Result};
 
 /// A lesion heatmap: `height × width` non-negative finite f32 values, row-major.
