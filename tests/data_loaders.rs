@@ -1014,3 +1014,72 @@ fn rule_pairs_from_python_tools_and_bad_pairs() {
     assert_eq!(skipped[1].field.as_deref(), Some("weight"));
     assert_eq!(skipped[2].index, Some(3));
 }
+
+#[test]
+fn official_folder_names_and_slake_organ_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    // VQA-RAD's official image folder name.
+    let recs = vqa_rad_records(2);
+    write_vqa_rad(dir.path(), &recs);
+    let img = recs[0]["image_name"].as_str().unwrap();
+    std::fs::create_dir_all(dir.path().join("VQA_RAD Image Folder")).unwrap();
+    std::fs::copy(
+        data("vqa_rad/images/synpic16174.jpg"),
+        dir.path().join("VQA_RAD Image Folder").join(img),
+    )
+    .unwrap();
+    let out = load(
+        DatasetFormat::VqaRad,
+        dir.path(),
+        &LoadOptions {
+            require_images: true,
+            skip_bad: true,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(out.samples.len(), 1);
+    assert!(out.samples[0].images[0].is_file());
+
+    // SLAKE with validation.json, an indexed organ mask beside the image.
+    let s = tempfile::tempdir().unwrap();
+    let rec = |qid: u32, lang: &str| {
+        json!({"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ?", "answer": "Liver",
+            "q_lang": lang, "location": "Abdomen", "modality": "CT", "answer_type": "OPEN",
+            "base_type": "vqa", "triple": ["vhead", "_", "_"], "qid": qid, "content_type": "Organ"})
+    };
+    std::fs::write(
+        s.path().join("validation.json"),
+        json!([rec(1, "en"), rec(2, "zh")]).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        s.path().join("train.json"),
+        json!([rec(3, "en")]).to_string(),
+    )
+    .unwrap();
+    gray_png(&s.path().join("imgs/xmlab1/mask.png"), 4, 4, |x, _| x as u8);
+    let val = load(
+        DatasetFormat::Slake,
+        s.path(),
+        &LoadOptions {
+            split: Some(Split::Val),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert_eq!(val.samples.len(), 1);
+    assert_eq!(val.samples[0].split, Split::Val);
+    assert_eq!(val.samples[0].meta["mask_kind"], "organ");
+    let r = inspect(s.path(), &InspectOptions::default()).unwrap();
+    assert_eq!(r.samples, 2);
+    assert_eq!(
+        (
+            r.masks.samples_with_mask,
+            r.masks.lesion_masks,
+            r.masks.subtle
+        ),
+        (2, 0, 0)
+    );
+    assert!(r.to_table().contains("organ masks"));
+}

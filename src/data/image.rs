@@ -35,6 +35,9 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
+/// The largest aspect ratio (long side / short side) preprocessing accepts.
+pub const MAX_ASPECT: u32 = 32;
+
 /// How an image is brought to the model's square input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -211,17 +214,24 @@ impl Preprocess {
         self.mean.map(|m| (m.clamp(0.0, 1.0) * 255.0) as u8)
     }
 
-    /// Resize / pad / crop to `size × size` RGB.
-    pub fn geometry(&self, img: &RgbImage) -> RgbImage {
+    /// Resize / pad / crop to `size × size` RGB. Images with an aspect
+    /// ratio beyond [`MAX_ASPECT`] are refused (a 1 × 20000 strip would make a
+    /// gigantic intermediate image).
+    pub fn geometry(&self, img: &RgbImage) -> Result<RgbImage> {
         let s = self.size;
-        match self.mode {
+        let (w, h) = img.dimensions();
+        let (short, long) = (w.min(h), w.max(h));
+        if short == 0 || u64::from(long) > u64::from(short) * u64::from(MAX_ASPECT) {
+            bail!("image of {w}x{h} pixels has an unsupported aspect ratio (more than {MAX_ASPECT}:1)");
+        }
+        Ok(match self.mode {
             ResizeMode::CenterCrop => {
                 let r = resize_shortest(img, self.shortest_edge);
                 center_crop(&r, s, s)
             }
             ResizeMode::PadSquare => resize_to(&expand2square(img, self.pad_colour()), s, s),
             ResizeMode::Resize => resize_to(img, s, s),
-        }
+        })
     }
 
     /// Normalise an RGB image (no geometry) into a `[3, H, W]` f32 tensor:
@@ -243,13 +253,14 @@ impl Preprocess {
 
     /// Geometry then normalisation: the model's input for one image, `[3, size, size]`.
     pub fn tensor(&self, img: &RgbImage, device: &Device) -> Result<Tensor> {
-        self.normalize(&self.geometry(img), device)
+        self.normalize(&self.geometry(img)?, device)
     }
 
     /// Decode the file at `path` and preprocess it.
     pub fn load(&self, path: &Path, device: &Device) -> Result<Tensor> {
         let img = load_rgb(path)?;
         self.tensor(&img, device)
+            .with_context(|| format!("cannot preprocess image {}", path.display()))
     }
 }
 
