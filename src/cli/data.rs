@@ -60,12 +60,22 @@ pub fn run(args: DataArgs) -> Result<()> {
                 subtle_threshold: a.subtle_threshold,
             };
             let report = inspect(&a.path, &opts)?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if a.json {
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
-                print!("{}", report.to_table());
-            }
-            Ok(())
+                report.to_table()
+            };
+            print_out(&text)
         }
+    }
+}
+
+/// Print to stdout; a closed pipe (`| head`) ends quietly instead of panicking.
+fn print_out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
 }
