@@ -1,1 +1,4 @@
 //! Evaluation (paper 4.2-4.3): report and VQA metrics, subsets, probes, tables.
+
+pub mod plot;
+pub mod tables;
