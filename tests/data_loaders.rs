@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, ResizeMode};
-use hdpo::data::inspect::{inspect, InspectOptions};
+use hdpo::data::inspect::{inspect, lesion_share, InspectOptions};
 use hdpo::data::pairs::{read_pairs, read_pairs_with, write_pairs, write_rule_pairs, PairRecord};
 use hdpo::data::{detect_format, load, AnswerType, DatasetFormat, LoadOptions, Split};
 use hdpo::heatmap::io::{
@@ -372,6 +372,8 @@ fn phantom_layout_loads_with_masks_extra_fields_and_inspects() {
     .unwrap();
     assert!((mask.area_share() - 0.04).abs() < 1e-12);
     assert!(is_subtle(mask.area_share(), 0.05));
+    assert_eq!(lesion_share(s0).unwrap(), Some(mask.area_share()));
+    assert_eq!(lesion_share(&qa.samples[1]).unwrap(), Some(0.0));
     // Reports, with the masks attached.
     let rep = load(DatasetFormat::PhantomReport, dir.path(), &strict).unwrap();
     assert_eq!(rep.samples.len(), 3);
@@ -1071,6 +1073,7 @@ fn official_folder_names_and_slake_organ_masks() {
     assert_eq!(val.samples.len(), 1);
     assert_eq!(val.samples[0].split, Split::Val);
     assert_eq!(val.samples[0].meta["mask_kind"], "organ");
+    assert_eq!(lesion_share(&val.samples[0]).unwrap(), None);
     let r = inspect(s.path(), &InspectOptions::default()).unwrap();
     assert_eq!(r.samples, 2);
     assert_eq!(

@@ -376,6 +376,30 @@ mod tests {
     }
 
     #[test]
+    fn hf_configs_select_the_mode() {
+        let llava_med = serde_json::json!({"crop_size": 336, "do_center_crop": true,
+            "size": {"shortest_edge": 336}, "image_aspect_ratio": "pad",
+            "image_mean": CLIP_MEAN, "image_std": CLIP_STD});
+        let p = Preprocess::from_hf_value(&llava_med).unwrap();
+        assert_eq!(
+            (p.mode, p.size, p.shortest_edge),
+            (ResizeMode::PadSquare, 336, 336)
+        );
+        let clip = serde_json::json!({"crop_size": {"height": 224, "width": 224},
+            "size": {"shortest_edge": 256}, "do_center_crop": true});
+        let p = Preprocess::from_hf_value(&clip).unwrap();
+        assert_eq!(
+            (p.mode, p.size, p.shortest_edge),
+            (ResizeMode::CenterCrop, 224, 256)
+        );
+        assert_eq!(p.mean, CLIP_MEAN);
+        let bad = serde_json::json!({"image_std": [0.0, 1.0, 1.0]});
+        assert!(Preprocess::from_hf_value(&bad).is_err());
+        let wide = RgbImage::new(400, 10);
+        assert!(Preprocess::clip(8).geometry(&wide).is_err());
+    }
+
+    #[test]
     fn shortest_side_resize_and_crop_sizes() {
         let img = RgbImage::from_pixel(40, 30, image::Rgb([1, 2, 3]));
         let r = resize_shortest(&img, 20);

@@ -10,7 +10,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::load::{detect_format, load, LoadOptions};
-use super::{AnswerType, DatasetFormat, Split};
+use super::{AnswerType, DatasetFormat, Sample, Split};
 use crate::heatmap::io::{is_subtle, mask_share, SUBTLE_THRESHOLD};
 
 /// What to inspect and how.
@@ -89,6 +89,19 @@ pub struct InspectReport {
     pub skipped: usize,
     /// Up to 10 of their messages.
     pub skipped_examples: Vec<String>,
+}
+
+/// The lesion area share of a sample's lesion mask: `None` when the sample
+/// has no mask file or its mask is not a lesion mask (SLAKE's organ masks).
+/// Use with [`is_subtle`] for the subtle-lesion subset.
+pub fn lesion_share(s: &Sample) -> Result<Option<f64>> {
+    let Some(m) = s.mask.as_ref().filter(|m| m.is_file()) else {
+        return Ok(None);
+    };
+    if s.meta.get("mask_kind").and_then(|v| v.as_str()) != Some("lesion") {
+        return Ok(None);
+    }
+    Ok(Some(mask_share(m)?))
 }
 
 /// Load the dataset at `path` and count what it holds.
