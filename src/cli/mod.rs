@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod phantom;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -17,12 +18,17 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Generate the phantom benchmark (schematic chest radiographs with known lesions).
+    Phantom(phantom::PhantomArgs),
+}
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    match cli.command {}
+    match cli.command {
+        Command::Phantom(a) => phantom::run(a),
+    }
 }
 
 fn init_tracing(level: &str) {
