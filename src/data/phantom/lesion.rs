@@ -189,7 +189,7 @@ fn target_range(kind: FindingKind, subtle: bool) -> (f64, f64) {
         (Pneumothorax, true) => (0.012, 0.04),
         (Pneumothorax, false) => (0.055, 0.09),
         (Atelectasis, true) => (0.005, 0.03),
-        (Atelectasis, false) => (0.055, 0.08),
+        (Atelectasis, false) => (0.052, 0.065),
         (Cardiomegaly, _) => (0.0, 1.0),
     }
 }
@@ -401,7 +401,7 @@ impl Lesion {
                     Shape::Wedge {
                         side,
                         hx,
-                        hy: hy - 0.04,
+                        hy: hy - 0.1,
                         reach: 0.1,
                     },
                     (0.0, 1.2),
