@@ -62,7 +62,14 @@ enum Shape {
 }
 
 impl Shape {
-    fn contains(&self, anatomy: &Anatomy, noise: &ValueNoise, x: f32, y: f32) -> bool {
+    fn contains(
+        &self,
+        anatomy: &Anatomy,
+        noise: &ValueNoise,
+        fine: &ValueNoise,
+        x: f32,
+        y: f32,
+    ) -> bool {
         match self {
             Shape::Disc { side, cx, cy, r } => {
                 (x - cx).powi(2) + (y - cy).powi(2) <= r * r && anatomy.lung(*side).contains(x, y)
@@ -74,7 +81,7 @@ impl Shape {
                 parts,
                 scale,
             } => {
-                let wobble = 1.0 + 0.35 * noise.at(x, y);
+                let wobble = 1.0 + 0.3 * noise.at(x, y) + 0.3 * fine.at(x, y);
                 parts.iter().any(|(dx, dy, r)| {
                     let (px, py) = (cx + dx * scale, cy + dy * scale);
                     let rr = r * scale * wobble;
@@ -195,14 +202,19 @@ fn target_range(kind: FindingKind, subtle: bool) -> (f64, f64) {
 }
 
 /// Rasterise `shape` at `size × size`.
-fn rasterise(shape: &Shape, anatomy: &Anatomy, noise: &ValueNoise, size: usize) -> Vec<bool> {
+fn rasterise(
+    shape: &Shape,
+    anatomy: &Anatomy,
+    (noise, fine): (&ValueNoise, &ValueNoise),
+    size: usize,
+) -> Vec<bool> {
     let s = size as f32;
     let mut m = vec![false; size * size];
     for i in 0..size {
         let y = (i as f32 + 0.5) / s;
         for j in 0..size {
             let x = (j as f32 + 0.5) / s;
-            m[i * size + j] = shape.contains(anatomy, noise, x, y);
+            m[i * size + j] = shape.contains(anatomy, noise, fine, x, y);
         }
     }
     m
@@ -220,7 +232,7 @@ fn share(mask: &[bool]) -> f64 {
 fn fit_area(
     shape: &Shape,
     anatomy: &Anatomy,
-    noise: &ValueNoise,
+    noise: (&ValueNoise, &ValueNoise),
     size: usize,
     target: f64,
     (mut lo, mut hi): (f32, f32),
@@ -335,7 +347,7 @@ impl Lesion {
                             (0.0, 0.0, 1.0)
                         } else {
                             let a = rng.random::<f32>() * std::f32::consts::TAU;
-                            let d = 0.5 + 0.5 * rng.random::<f32>();
+                            let d = 0.6 + 0.6 * rng.random::<f32>();
                             (
                                 a.cos() * d,
                                 a.sin() * d * 0.7,
@@ -364,8 +376,8 @@ impl Lesion {
                 };
                 // The lung collapses towards the hilum and the mediastinum:
                 // the free air lies apically and laterally.
-                let ax = lung.cx + medial * lung.rx * (0.8 + 0.15 * rng.random::<f32>());
-                let ay = lung.cy + lung.ry * (0.55 + 0.2 * rng.random::<f32>());
+                let ax = lung.cx + medial * lung.rx * (0.75 + 0.15 * rng.random::<f32>());
+                let ay = lung.base - 0.01 * rng.random::<f32>();
                 (
                     Shape::Pneumothorax {
                         side,
@@ -431,10 +443,10 @@ impl Lesion {
             }
         };
         let (mut shape, mut mask) = if kind == FindingKind::Cardiomegaly {
-            let m = rasterise(&shape, anatomy, &texture, size);
+            let m = rasterise(&shape, anatomy, (&texture, &fine), size);
             (shape, m)
         } else {
-            fit_area(&shape, anatomy, &texture, size, target, range)
+            fit_area(&shape, anatomy, (&texture, &fine), size, target, range)
         };
         // A subtle target must stay subtle, a lesion never empty.
         if subtle && kind != FindingKind::Cardiomegaly {
@@ -442,7 +454,7 @@ impl Lesion {
             while share(&mask) >= 0.045 && tries < 20 {
                 let s = scale_of(&shape) * 0.85;
                 shape = shape.with_scale(s);
-                mask = rasterise(&shape, anatomy, &texture, size);
+                mask = rasterise(&shape, anatomy, (&texture, &fine), size);
                 tries += 1;
             }
         }
@@ -502,8 +514,9 @@ impl Lesion {
                         r.data[idx] += self.amplitude * (0.6 + 0.4 * ball);
                     }
                     Shape::Blobs { .. } if inside => {
-                        let n = self.fine.at(x, y);
-                        r.data[idx] += self.amplitude * (0.8 + 0.25 * n);
+                        // Patchy airspace opacity, unlike a nodule's solid ball.
+                        let n = self.fine.at(1.0 - y, x);
+                        r.data[idx] += self.amplitude * (0.7 + 0.35 * n);
                     }
                     Shape::Effusion { side, height } if inside => {
                         // Dense fluid, fading at its upper edge.
