@@ -416,4 +416,56 @@ mod tests {
             assert!(test.iter().any(|s| s.kind == Some(k)), "{k:?} missing");
         }
     }
+
+    #[test]
+    fn bad_configs_are_rejected_with_the_field_named() {
+        let ok = PhantomConfig::default();
+        assert!(ok.validate().is_ok());
+        let cases: [(PhantomConfig, &str); 5] = [
+            (
+                PhantomConfig {
+                    size: 8,
+                    ..ok.clone()
+                },
+                "size 8",
+            ),
+            (
+                PhantomConfig {
+                    train: 0,
+                    val: 0,
+                    test: 0,
+                    ..ok.clone()
+                },
+                "no studies",
+            ),
+            (
+                PhantomConfig {
+                    normal_share: 1.5,
+                    ..ok.clone()
+                },
+                "normal_share",
+            ),
+            (
+                PhantomConfig {
+                    subtle_threshold: 0.0,
+                    ..ok.clone()
+                },
+                "subtle_threshold",
+            ),
+            (
+                PhantomConfig {
+                    heatmap: HeatmapNoise {
+                        spurious_amp: 1.5,
+                        ..HeatmapNoise::default()
+                    },
+                    ..ok.clone()
+                },
+                "heatmap",
+            ),
+        ];
+        for (cfg, want) in cases {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
 }
