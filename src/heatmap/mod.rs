@@ -2,6 +2,16 @@
 //! their file formats, heatmap sources, patch pooling and normalisation, and
 //! the salient region Ω*.
 
+pub mod gradcam;
+pub mod mask;
+pub mod pool;
+pub mod region;
+pub mod resize;
+pub mod rollout;
+pub mod source;
+
+pub use source::{HeatmapSource, SampleView};
+
 use anyhow::{bail, Result};
 
 /// A lesion heatmap: `height × width` non-negative finite f32 values, row-major.
