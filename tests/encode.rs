@@ -135,6 +135,42 @@ fn vit_reproduces_tiny_vit_reference() {
     }
 }
 
+#[test]
+fn clip_vision_tower_reproduces_tiny_llava_vision_states() {
+    let dir = fixture("tiny_llava");
+    let r = reference("tiny_llava");
+    let norm = Normalize::from_preprocessor_config(&dir, Normalize::HALF).unwrap();
+    assert_eq!(norm, Normalize::CLIP);
+    let px = preprocess::load_image_tensor(&dir.join("images/img0.png"), 32, norm, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let diff: f32 = (&px - &r["prompt_pixel_values"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff <= 1e-6, "CLIP pixel values differ by {diff}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vcfg: encode::VisionConfig = serde_json::from_value(cfg["vision_config"].clone()).unwrap();
+    let vb = encode::load_weights(&dir.join("model.safetensors"), &LoadOptions::default()).unwrap();
+    let tower =
+        VisionTower::load(&vb.pp("vision_tower"), &vcfg, encode::VisionLayout::Clip).unwrap();
+    for diff_path in [false, true] {
+        let out = tower.forward(&px, diff_path, false).unwrap();
+        let all = Tensor::stack(&out.hidden_states, 0).unwrap();
+        assert_close(
+            &all,
+            &r["vision_hidden_states_all"],
+            "CLIP vision hidden states",
+        );
+    }
+}
+
 fn ids_tensor(rows: &[Vec<u32>]) -> (Tensor, Tensor) {
     let l = rows.iter().map(Vec::len).max().unwrap();
     let mut ids = vec![];
@@ -777,4 +813,88 @@ fn align_loss_gradients_reach_every_tensor_and_match_finite_differences() {
             g[idx]
         );
     }
+}
+
+#[test]
+fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lines = String::new();
+    for (k, p) in quadrant_pairs(24, 7).into_iter().enumerate() {
+        let PairImage::Tensor(t) = p.image else {
+            unreachable!()
+        };
+        // Back to 8-bit RGB: pixel = (v + 1) / 2 * 255.
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let img = image::RgbImage::from_fn(32, 32, |x, y| {
+            let i = (y * 32 + x) as usize;
+            let c = |ch: usize| (((v[ch * 1024 + i] + 1.0) * 127.5).clamp(0.0, 255.0)) as u8;
+            image::Rgb([c(0), c(1), c(2)])
+        });
+        img.save(tmp.path().join(format!("img{k}.png"))).unwrap();
+        lines.push_str(
+            &serde_json::json!({"image": format!("img{k}.png"), "text": p.text}).to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(tmp.path().join("pairs.jsonl"), lines).unwrap();
+    let out = tmp.path().join("enc");
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(["align", "--data"])
+        .arg(tmp.path())
+        .args([
+            "--format",
+            "jsonl",
+            "--epochs",
+            "2",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    assert!(
+        res.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(stdout.contains("R@1") && stdout.contains("R@5"), "{stdout}");
+    let enc = DualEncoder::load(&out, &LoadOptions::default()).unwrap();
+    assert_eq!(enc.image_size(), 32);
+    let img = enc.load_image(&tmp.path().join("img0.png")).unwrap();
+    let (p, grid) = enc.embed_patches(&img.unsqueeze(0).unwrap()).unwrap();
+    assert_eq!((p.dims(), grid), (&[1usize, 16, 64][..], (4, 4)));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("align_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["heldout_pairs"], 5);
+    // A bad image path is an error naming the line.
+    std::fs::write(
+        tmp.path().join("bad.jsonl"),
+        "{\"image\": \"../x.png\", \"text\": \"t\"}\n",
+    )
+    .unwrap();
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(["align", "--data"])
+        .arg(tmp.path().join("bad.jsonl"))
+        .arg("--out")
+        .arg(tmp.path().join("enc2"))
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    assert!(String::from_utf8_lossy(&res.stderr).contains("line 1"));
+}
+
+/// Curation throughput on a ViT-B/16-sized dual encoder (random weights).
+/// Run with `cargo test --release --test encode -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_curation_throughput_vit_b16() {
+    let r = hdpo::curate::bench::curation_throughput(&hdpo::curate::bench::BenchConfig::default())
+        .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
+    assert!(r.samples_per_second > 0.0);
 }

@@ -159,7 +159,8 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn load_weights(path: &Path, opts: &LoadOptions) -> Result<VarBuilder<'static>> {
+/// A `VarBuilder` over one safetensors file, converted to `opts.dtype`.
+pub fn load_weights(path: &Path, opts: &LoadOptions) -> Result<VarBuilder<'static>> {
     let map = candle_core::safetensors::load(path, &opts.device)
         .with_context(|| format!("reading weights {}", path.display()))?;
     Ok(VarBuilder::from_tensors(map, opts.dtype, &opts.device))

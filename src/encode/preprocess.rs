@@ -26,13 +26,17 @@ impl Normalize {
         std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
     };
 
-    /// Read `image_mean` / `image_std` from a `preprocessor_config.json`
-    /// (also nested under `image_processor`), falling back to `default`.
+    /// Read `image_mean` / `image_std` from `preprocessor_config.json`, else
+    /// `processor_config.json` (also nested under `image_processor`), falling
+    /// back to `default`.
     pub fn from_preprocessor_config(dir: &Path, default: Normalize) -> Result<Normalize> {
-        let path = dir.join("preprocessor_config.json");
-        if !path.is_file() {
+        let Some(path) = ["preprocessor_config.json", "processor_config.json"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+        else {
             return Ok(default);
-        }
+        };
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let v: serde_json::Value =
