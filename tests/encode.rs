@@ -888,6 +888,73 @@ fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
     assert!(String::from_utf8_lossy(&res.stderr).contains("line 1"));
 }
 
+#[test]
+fn align_learns_projections_on_frozen_vit_and_bert_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("proj");
+    let words = ["upper left", "upper right", "lower left", "lower right"];
+    let pairs: Vec<AlignPair> = quadrant_pairs(64, 11)
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut p)| {
+            p.text = format!("focal opacity in the {} lung", words[k % 4]);
+            p
+        })
+        .collect();
+    let cfg = AlignConfig {
+        pretrained: Some(hdpo::encode::align::PretrainedTowers {
+            vision: fixture("tiny_vit"),
+            text: fixture("tiny_bert"),
+        }),
+        projection_dim: 16,
+        epochs: 30,
+        batch_size: 16,
+        learning_rate: 1e-2,
+        seed: 2,
+        ..AlignConfig::default()
+    };
+    let report = align(pairs, &cfg, &out).unwrap();
+    eprintln!(
+        "projection-only align: {:?} {:?}",
+        report.epoch_loss, report.recall
+    );
+    assert!(report.epoch_loss.last().unwrap() < &(report.epoch_loss[0] - 0.05));
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert!(cfg_json["vision_checkpoint"]
+        .as_str()
+        .unwrap()
+        .ends_with("tiny_vit"));
+    assert!(
+        !out.join("tokenizer.json").exists(),
+        "uses the BERT checkpoint's tokenizer"
+    );
+    // Loads back: image embedding = mean-pooled tiny_vit patches through the learned projection.
+    let enc = DualEncoder::load(&out, &LoadOptions::default()).unwrap();
+    let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let wv = &w["visual_projection.weight"];
+    let want = reference("tiny_vit")["mean_pooled_patches"]
+        .matmul(&wv.t().unwrap())
+        .unwrap();
+    assert_close(
+        &enc.embed_images(&vit_pixels()).unwrap(),
+        &want,
+        "projected image embedding",
+    );
+    let wt = &w["text_projection.weight"];
+    let texts: Vec<String> =
+        serde_json::from_value(reference_json("tiny_bert")["texts"].clone()).unwrap();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let want = reference("tiny_bert")["mean_pooled"]
+        .matmul(&wt.t().unwrap())
+        .unwrap();
+    assert_close(
+        &enc.embed_texts(&refs).unwrap(),
+        &want,
+        "projected text embedding",
+    );
+}
+
 /// Curation throughput on a ViT-B/16-sized dual encoder (random weights).
 /// Run with `cargo test --release --test encode -- --ignored --nocapture`.
 #[test]

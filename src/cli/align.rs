@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hdpo::encode::align::{align_with_progress, AlignConfig, AlignPair, PairImage};
+use hdpo::encode::align::{
+    align_with_progress, AlignConfig, AlignPair, PairImage, PretrainedTowers,
+};
+use hdpo::encode::TextPooling;
 
 /// Arguments of `hdpo align`.
 #[derive(Args, Debug)]
@@ -31,6 +34,16 @@ pub struct AlignArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Learn only the projections on top of this frozen `ViTModel` folder
+    /// (needs --text-checkpoint too).
+    #[arg(long, requires = "text_checkpoint")]
+    pub vision_checkpoint: Option<PathBuf>,
+    /// The frozen `BertModel` folder (with tokenizer.json or vocab.txt).
+    #[arg(long, requires = "vision_checkpoint")]
+    pub text_checkpoint: Option<PathBuf>,
+    /// Text pooling: mean, cls or pooler.
+    #[arg(long, default_value = "mean")]
+    pub text_pooling: String,
 }
 
 fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
@@ -83,12 +96,24 @@ pub fn run(args: AlignArgs) -> Result<()> {
         );
     }
     let pairs = read_pairs(&args.data)?;
+    let text_pooling = match args.text_pooling.as_str() {
+        "mean" => TextPooling::Mean,
+        "cls" => TextPooling::Cls,
+        "pooler" => TextPooling::Pooler,
+        other => bail!("--text-pooling {other:?}: expected mean, cls or pooler"),
+    };
+    let pretrained = match (args.vision_checkpoint, args.text_checkpoint) {
+        (Some(vision), Some(text)) => Some(PretrainedTowers { vision, text }),
+        _ => None,
+    };
     let cfg = AlignConfig {
         epochs: args.epochs,
         seed: args.seed,
         image_size: args.image_size,
         batch_size: args.batch_size,
         learning_rate: args.lr,
+        text_pooling,
+        pretrained,
         ..AlignConfig::default()
     };
     let bar = crate::cli::progress::bar(cfg.epochs as u64, "align");

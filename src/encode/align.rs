@@ -87,7 +87,18 @@ pub struct AlignConfig {
     /// embeddings of different images start nearly identical and InfoNCE
     /// collapses to log(batch)).
     pub position_init_std: f64,
+    /// Learn only the projections on top of these frozen checkpoints
+    /// (the tower sizes above are then ignored).
+    #[serde(default)]
+    pub pretrained: Option<PretrainedTowers>,
     pub seed: u64,
+}
+
+/// Separate Hugging Face `ViTModel` and `BertModel` folders.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainedTowers {
+    pub vision: PathBuf,
+    pub text: PathBuf,
 }
 
 impl Default for AlignConfig {
@@ -113,6 +124,7 @@ impl Default for AlignConfig {
             min_word_count: 1,
             text_pooling: TextPooling::Mean,
             position_init_std: 1.0,
+            pretrained: None,
             seed: 0,
         }
     }
@@ -343,11 +355,18 @@ pub fn batch_loss(
     info_nce(&img, &txt, scale)
 }
 
-fn pair_tensor(p: &PairImage, size: usize, i: usize, dev: &Device) -> Result<Tensor> {
+fn pair_tensor(
+    p: &PairImage,
+    size: usize,
+    norm: Normalize,
+    i: usize,
+    dev: &Device,
+) -> Result<Tensor> {
     let t = match p {
-        PairImage::Path(path) => load_image_tensor(path, size, Normalize::HALF, dev)
-            .with_context(|| format!("pair {i}"))?,
-        PairImage::Image(img) => image_to_tensor(img, size, Normalize::HALF, dev)?,
+        PairImage::Path(path) => {
+            load_image_tensor(path, size, norm, dev).with_context(|| format!("pair {i}"))?
+        }
+        PairImage::Image(img) => image_to_tensor(img, size, norm, dev)?,
         PairImage::Tensor(t) => {
             let d = t.dims();
             if d != [3, size, size] {
@@ -415,7 +434,6 @@ pub fn align_with_progress(
     out: &Path,
     progress: &mut dyn FnMut(usize, f64),
 ) -> Result<AlignReport> {
-    let dev = Device::Cpu;
     if pairs.len() < 2 {
         bail!(
             "alignment needs at least 2 image-text pairs, got {}",
@@ -425,56 +443,79 @@ pub fn align_with_progress(
     if cfg.batch_size < 2 {
         bail!("batch_size must be at least 2 for a contrastive loss");
     }
+    if cfg.text_pooling == TextPooling::Eos {
+        bail!("text_pooling \"eos\" is for CLIP text towers; hdpo align trains a BERT tower");
+    }
     for (i, p) in pairs.iter().enumerate() {
         if p.text.trim().is_empty() {
             bail!("pair {i}: empty text");
         }
     }
-    // Split.
     let mut order: Vec<usize> = (0..pairs.len()).collect();
     order.shuffle(&mut rng_for(cfg.seed, "align-split"));
     let n_hold =
         ((pairs.len() as f64 * cfg.holdout_fraction).round() as usize).clamp(1, pairs.len() - 1);
     let (hold_idx, train_idx) = order.split_at(n_hold);
-    let train_texts: Vec<String> = train_idx.iter().map(|i| pairs[*i].text.clone()).collect();
-    let hold_texts: Vec<String> = hold_idx.iter().map(|i| pairs[*i].text.clone()).collect();
-
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let tokenizer = build_word_tokenizer(&train_texts, cfg.min_word_count, &out.join("vocab.txt"))?;
-    let vocab_size = tokenizer.get_vocab_size(true);
+    let split = Split {
+        pairs: &pairs,
+        train: train_idx,
+        hold: hold_idx,
+    };
+    let report = match &cfg.pretrained {
+        None => align_scratch(&split, cfg, out, progress)?,
+        Some(towers) => align_projections(&split, towers, cfg, out, progress)?,
+    };
+    crate::util::fsio::write_json_atomic(&out.join("align_report.json"), &report)?;
+    Ok(report)
+}
 
-    let images = |idx: &[usize]| -> Result<Tensor> {
+struct Split<'a> {
+    pairs: &'a [AlignPair],
+    train: &'a [usize],
+    hold: &'a [usize],
+}
+
+impl Split<'_> {
+    fn texts(&self, idx: &[usize]) -> Vec<String> {
+        idx.iter().map(|i| self.pairs[*i].text.clone()).collect()
+    }
+
+    fn images(&self, idx: &[usize], size: usize, norm: Normalize, dev: &Device) -> Result<Tensor> {
         let ts = idx
             .iter()
-            .map(|i| pair_tensor(&pairs[*i].image, cfg.image_size, *i, &dev))
+            .map(|i| pair_tensor(&self.pairs[*i].image, size, norm, *i, dev))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::stack(&ts, 0)?)
-    };
-    let train_images = images(train_idx)?;
-    let hold_images = images(hold_idx)?;
+    }
+}
 
-    let varmap = VarMap::new();
-    let enc = init_dual_encoder(cfg, tokenizer, &varmap, DType::F32, &dev)?;
-    let scale = LogitScale::new(cfg.temperature, &varmap, DType::F32, &dev)?;
-    let train_refs: Vec<&str> = train_texts.iter().map(String::as_str).collect();
-    let (train_ids, train_mask) =
-        encode_batch(&enc.tokenizer, &train_refs, 0, cfg.max_text_len, &dev)?;
-
+/// The optimisation loop shared by both modes: seeded shuffles, AdamW with
+/// warm-up + cosine schedule and gradient clipping. `loss_of` maps a batch
+/// of training-row indices to its loss. Returns the mean loss per epoch and
+/// the number of steps.
+fn train_loop(
+    cfg: &AlignConfig,
+    n: usize,
+    varmap: &VarMap,
+    progress: &mut dyn FnMut(usize, f64),
+    loss_of: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<(Vec<f64>, usize)> {
+    let dev = Device::Cpu;
+    let vars = varmap.all_vars();
     let mut opt = candle_nn::AdamW::new(
-        varmap.all_vars(),
+        vars.clone(),
         candle_nn::ParamsAdamW {
             lr: cfg.learning_rate,
             weight_decay: cfg.weight_decay,
             ..Default::default()
         },
     )?;
-    let vars = varmap.all_vars();
-    let per_epoch = train_idx.len().div_ceil(cfg.batch_size);
+    let per_epoch = n.div_ceil(cfg.batch_size);
     let total_steps = (per_epoch * cfg.epochs).max(1);
     let mut rng = rng_for(cfg.seed, "align-epochs");
     let mut epoch_loss = Vec::with_capacity(cfg.epochs);
     let mut steps = 0;
-    let n = train_idx.len();
     for epoch in 0..cfg.epochs {
         let mut perm: Vec<u32> = (0..n as u32).collect();
         perm.shuffle(&mut rng);
@@ -484,20 +525,12 @@ pub fn align_with_progress(
             if chunk.len() < 2 {
                 continue;
             }
-            let sel = Tensor::new(chunk, &dev)?;
-            let loss = batch_loss(
-                &enc,
-                &train_images.index_select(&sel, 0)?,
-                &train_ids.index_select(&sel, 0)?,
-                &train_mask.index_select(&sel, 0)?,
-                &scale,
-            )?;
-            let lr = lr_at(cfg, steps, total_steps);
-            opt.set_learning_rate(lr);
+            let loss = loss_of(&Tensor::new(chunk, &dev)?)?;
+            opt.set_learning_rate(lr_at(cfg, steps, total_steps));
             let mut grads = loss.backward()?;
             clip_grad_norm(&mut grads, &vars, cfg.max_grad_norm)?;
             opt.step(&grads)?;
-            total += loss.to_scalar::<f32>()? as f64;
+            total += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             batches += 1;
             steps += 1;
         }
@@ -509,16 +542,49 @@ pub fn align_with_progress(
         progress(epoch, mean);
         epoch_loss.push(mean);
     }
+    Ok((epoch_loss, steps))
+}
 
+/// Train both towers and projections from scratch.
+fn align_scratch(
+    split: &Split,
+    cfg: &AlignConfig,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<AlignReport> {
+    let dev = Device::Cpu;
+    let train_texts = split.texts(split.train);
+    let hold_texts = split.texts(split.hold);
+    let tokenizer = build_word_tokenizer(&train_texts, cfg.min_word_count, &out.join("vocab.txt"))?;
+    let vocab_size = tokenizer.get_vocab_size(true);
+    let train_images = split.images(split.train, cfg.image_size, Normalize::HALF, &dev)?;
+    let hold_images = split.images(split.hold, cfg.image_size, Normalize::HALF, &dev)?;
+
+    let varmap = VarMap::new();
+    let enc = init_dual_encoder(cfg, tokenizer, &varmap, DType::F32, &dev)?;
+    let scale = LogitScale::new(cfg.temperature, &varmap, DType::F32, &dev)?;
+    let train_refs: Vec<&str> = train_texts.iter().map(String::as_str).collect();
+    let (train_ids, train_mask) =
+        encode_batch(&enc.tokenizer, &train_refs, 0, cfg.max_text_len, &dev)?;
+    let (epoch_loss, steps) = train_loop(cfg, split.train.len(), &varmap, progress, &mut |sel| {
+        batch_loss(
+            &enc,
+            &train_images.index_select(sel, 0)?,
+            &train_ids.index_select(sel, 0)?,
+            &train_mask.index_select(sel, 0)?,
+            &scale,
+        )
+    })?;
     let hold_refs: Vec<&str> = hold_texts.iter().map(String::as_str).collect();
     let recall = retrieval_recall(
         &enc.embed_images(&hold_images)?,
         &enc.embed_texts(&hold_refs)?,
         &hold_texts,
     )?;
-    let report = AlignReport {
-        train_pairs: n,
-        heldout_pairs: hold_idx.len(),
+    save_encoder(&enc, &varmap, cfg, out)?;
+    Ok(AlignReport {
+        train_pairs: split.train.len(),
+        heldout_pairs: split.hold.len(),
         vocab_size,
         epochs: cfg.epochs,
         steps,
@@ -526,10 +592,147 @@ pub fn align_with_progress(
         temperature: 1.0 / scale.value()?,
         recall,
         config: cfg.clone(),
+    })
+}
+
+/// Frozen features of pretrained towers: mean of the final-normed patch
+/// tokens `[N, Hv]` and the pooled text `[N, Ht]`, in batches of 32.
+fn frozen_features(
+    vision: &VisionTower,
+    text: &BertTower,
+    tok: &tokenizers::Tokenizer,
+    pooling: TextPooling,
+    images: &Tensor,
+    texts: &[String],
+) -> Result<(Tensor, Tensor)> {
+    let n = texts.len();
+    let mut fi = Vec::new();
+    let mut ft = Vec::new();
+    for start in (0..n).step_by(32) {
+        let len = 32.min(n - start);
+        let out = vision.forward(&images.narrow(0, start, len)?, false, false)?;
+        fi.push(VisionTower::mean_patches(&out.normed)?);
+        let refs: Vec<&str> = texts[start..start + len]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let (ids, mask) = encode_batch(
+            tok,
+            &refs,
+            text.config.pad_token_id,
+            text.config.max_position_embeddings,
+            images.device(),
+        )?;
+        let last = text.forward(&ids, &mask, false)?.last_hidden_state;
+        ft.push(match pooling {
+            TextPooling::Cls => super::bert::cls_token(&last)?,
+            TextPooling::Pooler => text.pool(&last)?,
+            TextPooling::Mean => super::bert::masked_mean(&last, &mask)?,
+            TextPooling::Eos => bail!("eos pooling needs a CLIP text tower"),
+        });
+    }
+    Ok((Tensor::cat(&fi, 0)?, Tensor::cat(&ft, 0)?))
+}
+
+/// Learn only the projections (and temperature) on top of frozen `ViTModel`
+/// and `BertModel` checkpoints; writes the projection file and a config
+/// that names the checkpoints.
+fn align_projections(
+    split: &Split,
+    towers: &PretrainedTowers,
+    cfg: &AlignConfig,
+    out: &Path,
+    progress: &mut dyn FnMut(usize, f64),
+) -> Result<AlignReport> {
+    let dev = Device::Cpu;
+    let opts = super::LoadOptions::default();
+    let vision = super::load_vit_dir(&towers.vision, &opts)?;
+    let text = super::load_bert_dir(&towers.text, &opts)?;
+    let tok = super::tokenizer::load_tokenizer(&towers.text)?;
+    let norm = Normalize::from_preprocessor_config(&towers.vision, Normalize::HALF)?;
+    let size = vision.config.image_size;
+    let train_texts = split.texts(split.train);
+    let hold_texts = split.texts(split.hold);
+    let (ti, tt) = frozen_features(
+        &vision,
+        &text,
+        &tok,
+        cfg.text_pooling,
+        &split.images(split.train, size, norm, &dev)?,
+        &train_texts,
+    )?;
+    let (hi, ht) = frozen_features(
+        &vision,
+        &text,
+        &tok,
+        cfg.text_pooling,
+        &split.images(split.hold, size, norm, &dev)?,
+        &hold_texts,
+    )?;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let init = candle_nn::Init::Const(0.0);
+    let wv = vb.get_with_hints(
+        (cfg.projection_dim, vision.config.hidden_size),
+        "visual_projection.weight",
+        init,
+    )?;
+    let wt = vb.get_with_hints(
+        (cfg.projection_dim, text.config.hidden_size),
+        "text_projection.weight",
+        init,
+    )?;
+    seeded_init(&varmap, cfg.seed, cfg.position_init_std)?;
+    let scale = LogitScale::new(cfg.temperature, &varmap, DType::F32, &dev)?;
+    let (epoch_loss, steps) = train_loop(cfg, split.train.len(), &varmap, progress, &mut |sel| {
+        let i = ti.index_select(sel, 0)?.matmul(&wv.t()?)?;
+        let t = tt.index_select(sel, 0)?.matmul(&wt.t()?)?;
+        info_nce(&i, &t, &scale)
+    })?;
+    let recall = retrieval_recall(&hi.matmul(&wv.t()?)?, &ht.matmul(&wt.t()?)?, &hold_texts)?;
+    let abs = |p: &Path| -> Result<String> {
+        let c = p
+            .canonicalize()
+            .with_context(|| format!("resolving {}", p.display()))?;
+        c.to_str()
+            .map(str::to_string)
+            .with_context(|| format!("path {} is not UTF-8", c.display()))
     };
-    save_encoder(&enc, &varmap, cfg, out)?;
-    crate::util::fsio::write_json_atomic(&out.join("align_report.json"), &report)?;
-    Ok(report)
+    let config = HdpoEncoderConfig {
+        model_type: HDPO_MODEL_TYPE.into(),
+        projection_dim: cfg.projection_dim,
+        image_pooling: ImagePooling::MeanPatches,
+        text_pooling: cfg.text_pooling,
+        image_mean: norm.mean,
+        image_std: norm.std,
+        vision_config: None,
+        text_config: None,
+        vision_checkpoint: Some(abs(&towers.vision)?),
+        text_checkpoint: Some(abs(&towers.text)?),
+    };
+    save_weights(&varmap, out)?;
+    crate::util::fsio::write_json_atomic(&out.join("config.json"), &config)?;
+    Ok(AlignReport {
+        train_pairs: split.train.len(),
+        heldout_pairs: split.hold.len(),
+        vocab_size: tok.get_vocab_size(true),
+        epochs: cfg.epochs,
+        steps,
+        epoch_loss,
+        temperature: 1.0 / scale.value()?,
+        recall,
+        config: cfg.clone(),
+    })
+}
+
+fn save_weights(varmap: &VarMap, out: &Path) -> Result<()> {
+    let tmp = out.join(".model.safetensors.partial");
+    varmap
+        .save(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out.join("model.safetensors"))
+        .with_context(|| format!("moving weights into place in {}", out.display()))?;
+    Ok(())
 }
 
 /// Learning rate at `step`: linear warm-up over the first 10% of the steps,
@@ -594,12 +797,7 @@ pub fn save_encoder(
         text_checkpoint: None,
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let tmp = out.join(".model.safetensors.partial");
-    varmap
-        .save(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, out.join("model.safetensors"))
-        .with_context(|| format!("moving weights into place in {}", out.display()))?;
+    save_weights(varmap, out)?;
     let tok = enc
         .tokenizer
         .to_string(true)
