@@ -171,6 +171,140 @@ fn clip_vision_tower_reproduces_tiny_llava_vision_states() {
     }
 }
 
+/// A CLIPModel folder: tiny_llava's CLIP vision tower under `vision_model.`,
+/// a seeded 1-layer CLIP text tower (end-of-text = ".", id 5), projections to D = 8.
+fn clip_folder() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture("tiny_llava");
+    let w = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut map: HashMap<String, Tensor> = w
+        .into_iter()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("vision_tower.")
+                .map(|r| (format!("vision_model.{r}"), v))
+        })
+        .collect();
+    let mut k = 0.0f32;
+    let mut put = |name: &str, shape: &[usize], base: f32| {
+        k += 1.0;
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| base + 0.2 * ((i as f32 * 0.61 + k * 1.3).sin()))
+            .collect();
+        map.insert(
+            name.to_string(),
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap(),
+        );
+    };
+    put(
+        "text_model.embeddings.token_embedding.weight",
+        &[1000, 32],
+        0.0,
+    );
+    put(
+        "text_model.embeddings.position_embedding.weight",
+        &[16, 32],
+        0.0,
+    );
+    let l = "text_model.encoder.layers.0";
+    for p in ["q_proj", "k_proj", "v_proj", "out_proj"] {
+        put(&format!("{l}.self_attn.{p}.weight"), &[32, 32], 0.0);
+        put(&format!("{l}.self_attn.{p}.bias"), &[32], 0.0);
+    }
+    for n in ["layer_norm1", "layer_norm2"] {
+        put(&format!("{l}.{n}.weight"), &[32], 1.0);
+        put(&format!("{l}.{n}.bias"), &[32], 0.0);
+    }
+    put(&format!("{l}.mlp.fc1.weight"), &[64, 32], 0.0);
+    put(&format!("{l}.mlp.fc1.bias"), &[64], 0.0);
+    put(&format!("{l}.mlp.fc2.weight"), &[32, 64], 0.0);
+    put(&format!("{l}.mlp.fc2.bias"), &[32], 0.0);
+    put("text_model.final_layer_norm.weight", &[32], 1.0);
+    put("text_model.final_layer_norm.bias", &[32], 0.0);
+    put("visual_projection.weight", &[8, 32], 0.0);
+    put("text_projection.weight", &[8, 32], 0.0);
+    candle_core::safetensors::save(&map, tmp.path().join("model.safetensors")).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let clip = serde_json::json!({
+        "model_type": "clip",
+        "projection_dim": 8,
+        "vision_config": cfg["vision_config"],
+        "text_config": {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "intermediate_size": 64, "hidden_act": "quick_gelu",
+            "layer_norm_eps": 1e-5, "max_position_embeddings": 16, "eos_token_id": 5, "pad_token_id": 3},
+    });
+    std::fs::write(tmp.path().join("config.json"), clip.to_string()).unwrap();
+    std::fs::copy(
+        src.join("tokenizer.json"),
+        tmp.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::copy(
+        src.join("processor_config.json"),
+        tmp.path().join("processor_config.json"),
+    )
+    .unwrap();
+    tmp
+}
+
+#[test]
+fn clip_dual_encoder_folder_loads_with_patch_and_eos_pooling() {
+    let tmp = clip_folder();
+    let enc = DualEncoder::load(tmp.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(enc.normalize, Normalize::CLIP);
+    assert_eq!(enc.text_pooling, encode::TextPooling::Eos);
+    let r = reference("tiny_llava");
+    // f_v(p_i) = visual_projection(post_layernorm(last hidden state))[patches].
+    let w =
+        candle_core::safetensors::load(tmp.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let last = r["vision_hidden_states_all"].get(2).unwrap();
+    let mean = last.mean_keepdim(2).unwrap();
+    let xc = last.broadcast_sub(&mean).unwrap();
+    let var = xc.sqr().unwrap().mean_keepdim(2).unwrap();
+    let normed = xc
+        .broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&w["vision_model.post_layernorm.weight"])
+        .unwrap()
+        .broadcast_add(&w["vision_model.post_layernorm.bias"])
+        .unwrap();
+    let want = normed
+        .narrow(1, 1, 16)
+        .unwrap()
+        .broadcast_matmul(&w["visual_projection.weight"].t().unwrap())
+        .unwrap();
+    let (patches, grid) = enc.embed_patches(&r["prompt_pixel_values"]).unwrap();
+    assert_eq!(grid, (4, 4));
+    assert_close(&patches, &want, "CLIP f_v(p_i)");
+    // EOS pooling under a causal mask: text after the first "." does not matter,
+    // padding does not matter, text before it does.
+    let t = enc
+        .embed_texts(&[
+            "lungs are clear .",
+            "lungs are clear . heart is big",
+            "heart is big .",
+        ])
+        .unwrap();
+    let rows: Vec<Vec<f32>> = t.to_vec2().unwrap();
+    let d = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(d(&rows[0], &rows[1]) < 1e-5, "{}", d(&rows[0], &rows[1]));
+    assert!(d(&rows[0], &rows[2]) > 1e-3);
+    let alone = enc
+        .embed_texts(&["lungs are clear ."])
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert!(d(&rows[0], &alone[0]) < 1e-5);
+    let e = enc.embed_texts(&["no end of text"]).unwrap_err();
+    assert!(format!("{e:#}").contains("end-of-text"), "{e:#}");
+}
+
 fn ids_tensor(rows: &[Vec<u32>]) -> (Tensor, Tensor) {
     let l = rows.iter().map(Vec::len).max().unwrap();
     let mut ids = vec![];
@@ -398,6 +532,41 @@ fn gradcam_gradient_matches_finite_difference_f64() {
             assert!((f64::from(*c) - s.max(0.0)).abs() < 1e-6);
         }
     }
+}
+
+#[test]
+fn gradcam_source_upsamples_the_patch_cam() {
+    let (tmp, _, _) = hdpo_folder("mean");
+    let enc = std::sync::Arc::new(DualEncoder::load(tmp.path(), &LoadOptions::default()).unwrap());
+    let img = vit_pixels().get(1).unwrap();
+    let text = "small left pleural effusion";
+    let t = enc.embed_texts(&[text]).unwrap().squeeze(0).unwrap();
+    let out = gradcam(&enc, &img, &t, None).unwrap();
+    assert_eq!(out.layer, 2);
+    let src = hdpo::heatmap::gradcam::GradCamSource {
+        encoder: enc.clone(),
+        layer: None,
+    };
+    assert_eq!(src.name(), "gradcam");
+    let h = src
+        .heatmap(&SampleView {
+            id: "g1",
+            image: Some(&img),
+            text: Some(text),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((h.height, h.width), (32, 32));
+    let want = hdpo::heatmap::resize::resize_grid(&out.cam, 4, 4, 32, 32);
+    assert_eq!(h.data, want);
+    let e = src
+        .heatmap(&SampleView {
+            id: "g2",
+            image: Some(&img),
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("g2"));
 }
 
 #[test]
