@@ -69,7 +69,7 @@ pub fn mask_heatmap(mask: &LesionMask, sigma: Option<f32>, id: &str) -> Result<H
 
 /// Separable Gaussian blur (kernel radius ceil(3σ), normalised), edges clamped.
 pub fn gaussian_blur(src: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
-    let r = (3.0 * sigma).ceil() as isize;
+    let r = ((3.0 * sigma).ceil() as isize).clamp(1, h.max(w) as isize);
     let k: Vec<f32> = (-r..=r)
         .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
         .collect();

@@ -17,8 +17,12 @@ pub fn resize_bilinear(h: &Heatmap, out_h: usize, out_w: usize) -> Heatmap {
     }
 }
 
-/// Bilinear resize of a row-major `in_h × in_w` grid.
+/// Bilinear resize of a row-major `in_h × in_w` grid (all zeros when the
+/// input is empty or its length does not match its shape).
 pub fn resize_grid(src: &[f32], in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> Vec<f32> {
+    if in_h == 0 || in_w == 0 || src.len() != in_h * in_w {
+        return vec![0.0; out_h * out_w];
+    }
     let axis = |out: usize, inp: usize| -> Vec<(usize, usize, f32)> {
         let scale = inp as f64 / out as f64;
         (0..out)
