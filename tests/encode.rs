@@ -1134,3 +1134,47 @@ fn bench_curation_throughput_vit_b16() {
     eprintln!("{}", serde_json::to_string_pretty(&r).unwrap());
     assert!(r.samples_per_second > 0.0);
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn heatmap() -> impl Strategy<Value = Heatmap> {
+        (1usize..12, 1usize..12).prop_flat_map(|(h, w)| {
+            proptest::collection::vec(0f32..10.0, h * w)
+                .prop_filter("not all zero", |v| v.iter().any(|x| *x > 0.0))
+                .prop_map(move |d| Heatmap::new(h, w, d).unwrap())
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn patch_weights_are_a_distribution(h in heatmap(), g in 1usize..5, p in 1usize..5) {
+            let w = patch_weights(&h, "p", (g * p, g * p), (g, g)).unwrap();
+            prop_assert_eq!(w.len(), g * g);
+            prop_assert!(w.iter().all(|v| *v >= 0.0 && v.is_finite()));
+            prop_assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+        }
+
+        #[test]
+        fn salient_region_holds_the_peak_and_only_pixels_above_threshold(
+            h in heatmap(), f in 0.1f32..1.0, s in 4usize..24
+        ) {
+            let opts = RegionOptions { threshold: Threshold::FractionOfMax(f), connectivity: Connectivity::Eight, dilate_px: 0 };
+            let m = salient_region(&h, "p", (s, s), &opts).unwrap();
+            let r = hdpo::heatmap::resize::resize_bilinear(&h, s, s);
+            let max = r.data.iter().copied().fold(f32::MIN, f32::max);
+            let peak = r.data.iter().position(|v| *v == max).unwrap();
+            prop_assert!(m.data[peak]);
+            for (i, on) in m.data.iter().enumerate() {
+                if *on {
+                    prop_assert!(r.data[i] >= f * max);
+                }
+            }
+            let d = salient_region(&h, "p", (s, s), &RegionOptions { dilate_px: 2, ..opts }).unwrap();
+            prop_assert!(m.data.iter().zip(&d.data).all(|(a, b)| !*a || *b));
+        }
+    }
+}
