@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod data;
 pub mod phantom;
+pub mod align;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -24,6 +25,8 @@ pub enum Command {
     Data(data::DataArgs),
     /// Generate the phantom benchmark (schematic chest radiographs with known lesions).
     Phantom(phantom::PhantomArgs),
+    /// Train a small dual encoder contrastively on image-text pairs (recall@1/@5 on held-out pairs).
+    Align(align::AlignArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run() -> Result<()> {
     match cli.command {
         Command::Data(a) => data::run(a),
         Command::Phantom(a) => phantom::run(a),
+        Command::Align(a) => align::run(a),
     }
 }
 

@@ -3,6 +3,15 @@
 //! the salient region Ω*.
 
 pub mod io;
+pub mod gradcam;
+pub mod mask;
+pub mod pool;
+pub mod region;
+pub mod resize;
+pub mod rollout;
+pub mod source;
+
+pub use source::{HeatmapSource, SampleView};
 
 use anyhow::{bail, Result};
 

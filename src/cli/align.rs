@@ -1,0 +1,139 @@
+//! `hdpo align`: contrastive alignment of a small dual encoder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use hdpo::encode::align::{
+    align_with_progress, AlignConfig, AlignPair, PairImage, PretrainedTowers,
+};
+use hdpo::encode::TextPooling;
+
+/// Arguments of `hdpo align`.
+#[derive(Args, Debug)]
+pub struct AlignArgs {
+    /// A JSON Lines file of `{"image": PATH, "text": TEXT}` pairs (image
+    /// paths relative to the file's folder), or a folder holding `pairs.jsonl`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Input format (`jsonl`; dataset formats are wired to the data loaders).
+    #[arg(long, default_value = "jsonl")]
+    pub format: String,
+    /// Output encoder folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image tower input size in pixels.
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Learn only the projections on top of this frozen `ViTModel` folder
+    /// (needs --text-checkpoint too).
+    #[arg(long, requires = "text_checkpoint")]
+    pub vision_checkpoint: Option<PathBuf>,
+    /// The frozen `BertModel` folder (with tokenizer.json or vocab.txt).
+    #[arg(long, requires = "vision_checkpoint")]
+    pub text_checkpoint: Option<PathBuf>,
+    /// Text pooling: mean, cls or pooler.
+    #[arg(long, default_value = "mean")]
+    pub text_pooling: String,
+}
+
+fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
+    let file = if data.is_dir() {
+        data.join("pairs.jsonl")
+    } else {
+        data.to_path_buf()
+    };
+    let root = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut pairs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{} line {}: not JSON", file.display(), i + 1))?;
+        let field = |k: &str| -> Result<String> {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+                .with_context(|| {
+                    format!(
+                        "{} line {}: missing string field {k}",
+                        file.display(),
+                        i + 1
+                    )
+                })
+        };
+        let image = field("image")?;
+        let path = hdpo::util::fsio::resolve_in_root(
+            &root,
+            &image,
+            &format!("{} line {}, field image", file.display(), i + 1),
+        )?;
+        pairs.push(AlignPair {
+            image: PairImage::Path(path),
+            text: field("text")?,
+        });
+    }
+    Ok(pairs)
+}
+
+pub fn run(args: AlignArgs) -> Result<()> {
+    if args.format != "jsonl" {
+        bail!(
+            "format {:?} is not wired to a loader yet; use --format jsonl with {{\"image\", \"text\"}} lines",
+            args.format
+        );
+    }
+    let pairs = read_pairs(&args.data)?;
+    let text_pooling = match args.text_pooling.as_str() {
+        "mean" => TextPooling::Mean,
+        "cls" => TextPooling::Cls,
+        "pooler" => TextPooling::Pooler,
+        other => bail!("--text-pooling {other:?}: expected mean, cls or pooler"),
+    };
+    let pretrained = match (args.vision_checkpoint, args.text_checkpoint) {
+        (Some(vision), Some(text)) => Some(PretrainedTowers { vision, text }),
+        _ => None,
+    };
+    let cfg = AlignConfig {
+        epochs: args.epochs,
+        seed: args.seed,
+        image_size: args.image_size,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        text_pooling,
+        pretrained,
+        ..AlignConfig::default()
+    };
+    let bar = crate::cli::progress::bar(cfg.epochs as u64, "align");
+    let report = align_with_progress(pairs, &cfg, &args.out, &mut |e, loss| {
+        bar.set_message(format!("epoch {} loss {loss:.4}", e + 1));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let r = &report.recall;
+    println!(
+        "aligned on {} pairs ({} held out), final loss {:.4}, temperature {:.4}",
+        report.train_pairs,
+        report.heldout_pairs,
+        report.epoch_loss.last().copied().unwrap_or(f64::NAN),
+        report.temperature
+    );
+    println!(
+        "held-out recall: image->text R@1 {:.3} R@5 {:.3}; text->image R@1 {:.3} R@5 {:.3} (chance R@1 {:.3})",
+        r.image_to_text_r1, r.image_to_text_r5, r.text_to_image_r1, r.text_to_image_r5, r.chance_r1
+    );
+    println!("encoder written to {}", args.out.display());
+    Ok(())
+}
