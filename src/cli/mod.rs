@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+pub mod model;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -17,12 +18,29 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {}
+pub enum Command {
+    /// Per-token and summed log-probs of a response under the model.
+    Logprobs(model::LogprobsArgs),
+    /// Generate an answer (greedy by default, KV cache, stops at EOS).
+    Generate(model::GenerateArgs),
+    /// Model inspection (`hdpo model info`).
+    Model {
+        #[command(subcommand)]
+        cmd: model::ModelCmd,
+    },
+    /// Merge a LoRA adapter into full weights.
+    Merge(model::MergeArgs),
+}
 
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    match cli.command {}
+    match cli.command {
+        Command::Logprobs(a) => model::logprobs(a),
+        Command::Generate(a) => model::generate(a),
+        Command::Model { cmd } => model::model_cmd(cmd),
+        Command::Merge(a) => model::merge(a),
+    }
 }
 
 fn init_tracing(level: &str) {
