@@ -701,3 +701,38 @@ fn cli_logprobs_and_generate() {
     let v2: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!((v2["sum_logprob"].as_f64().unwrap() - want).abs() > 1e-2);
 }
+
+#[test]
+fn save_pretrained_round_trips_and_random_models_are_seeded() {
+    let m = load(&fixture());
+    let tmp = tempfile::tempdir().unwrap();
+    m.save_pretrained(tmp.path()).unwrap();
+    let m2 = load(tmp.path());
+    assert_eq!(m2.config.text, m.config.text);
+    assert_eq!(m2.config.vision, m.config.vision);
+    assert_close(
+        "re-saved full_logits",
+        &full_logits(&m2),
+        &full_logits(&m),
+        0.0,
+        0.0,
+    );
+    // Random models: same seed, same weights; they save and reload too.
+    let a = LlavaModel::random(m.config.clone(), Some(5), &LoadOptions::default()).unwrap();
+    let b = LlavaModel::random(m.config.clone(), Some(5), &LoadOptions::default()).unwrap();
+    let c = LlavaModel::random(m.config.clone(), Some(6), &LoadOptions::default()).unwrap();
+    let la = full_logits(&a);
+    assert_close("seeded random", &la, &full_logits(&b), 0.0, 0.0);
+    assert!(vec_f64(&(la.clone() - full_logits(&c)).unwrap())
+        .iter()
+        .any(|x| x.abs() > 1e-6));
+    let tmp2 = tempfile::tempdir().unwrap();
+    a.save_pretrained(tmp2.path()).unwrap();
+    assert_close(
+        "random reloaded",
+        &full_logits(&load(tmp2.path())),
+        &la,
+        0.0,
+        0.0,
+    );
+}

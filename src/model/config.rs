@@ -409,3 +409,69 @@ impl LlavaConfig {
         Ok(idx as usize)
     }
 }
+
+impl LlavaConfig {
+    /// The config as a transformers-5 `LlavaForConditionalGeneration`
+    /// `config.json` (the layout [`crate::model::LlavaModel::save_pretrained`] writes).
+    pub fn to_hf_json(&self) -> Result<Value> {
+        let t = &self.text;
+        let v = self.vision()?;
+        let dtype = self
+            .stored_dtype
+            .clone()
+            .unwrap_or_else(|| "float32".into());
+        Ok(serde_json::json!({
+            "architectures": ["LlavaForConditionalGeneration"],
+            "dtype": dtype,
+            "image_seq_length": self.image_tokens()?,
+            "image_token_index": self.image_token_id,
+            "model_type": "llava",
+            "multimodal_projector_bias": self.projector_bias,
+            "pad_token_id": t.pad_token_id,
+            "projector_hidden_act": match self.projector {
+                ProjectorKind::Linear => "linear",
+                ProjectorKind::Mlp2xGelu => "gelu",
+            },
+            "text_config": {
+                "bos_token_id": t.bos_token_id,
+                "eos_token_id": t.eos_token_id,
+                "head_dim": t.head_dim,
+                "hidden_act": "silu",
+                "hidden_size": t.hidden_size,
+                "intermediate_size": t.intermediate_size,
+                "max_position_embeddings": t.max_position_embeddings,
+                "model_type": "mistral",
+                "num_attention_heads": t.num_attention_heads,
+                "num_hidden_layers": t.num_hidden_layers,
+                "num_key_value_heads": t.num_key_value_heads,
+                "pad_token_id": t.pad_token_id,
+                "rms_norm_eps": t.rms_norm_eps,
+                "rope_parameters": {"rope_theta": t.rope_theta, "rope_type": "default"},
+                "sliding_window": t.sliding_window,
+                "tie_word_embeddings": t.tie_word_embeddings,
+                "vocab_size": t.vocab_size
+            },
+            "tie_word_embeddings": t.tie_word_embeddings,
+            "vision_config": {
+                "hidden_act": match v.hidden_act {
+                    VisionAct::QuickGelu => "quick_gelu",
+                    VisionAct::Gelu => "gelu",
+                },
+                "hidden_size": v.hidden_size,
+                "image_size": v.image_size,
+                "intermediate_size": v.intermediate_size,
+                "layer_norm_eps": v.layer_norm_eps,
+                "model_type": "clip_vision_model",
+                "num_attention_heads": v.num_attention_heads,
+                "num_channels": v.num_channels,
+                "num_hidden_layers": v.num_hidden_layers,
+                "patch_size": v.patch_size
+            },
+            "vision_feature_layer": self.vision_feature_layer,
+            "vision_feature_select_strategy": match self.feature_select {
+                FeatureSelect::Default => "default",
+                FeatureSelect::Full => "full",
+            }
+        }))
+    }
+}

@@ -362,3 +362,67 @@ impl Decoder {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask_rows(m: &Tensor) -> Vec<Vec<bool>> {
+        let v: Vec<Vec<f64>> = m
+            .to_dtype(DType::F64)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        v.into_iter()
+            .map(|r| r.into_iter().map(|x| x == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn masks_are_causal_windowed_and_padded() {
+        let dev = Device::Cpu;
+        let m = attention_mask(None, 1, 4, 0, None, DType::F32, &dev)
+            .unwrap()
+            .unwrap();
+        let rows = mask_rows(&m);
+        for (i, r) in rows.iter().enumerate() {
+            for (j, &ok) in r.iter().enumerate() {
+                assert_eq!(ok, j <= i, "causal ({i},{j})");
+            }
+        }
+        // Sliding window 2: query i sees keys i-1 and i.
+        let m = attention_mask(None, 1, 4, 0, Some(2), DType::F32, &dev)
+            .unwrap()
+            .unwrap();
+        for (i, r) in mask_rows(&m).iter().enumerate() {
+            for (j, &ok) in r.iter().enumerate() {
+                assert_eq!(ok, j <= i && i - j < 2, "window ({i},{j})");
+            }
+        }
+        // Incremental step: one query at position 3 over 4 keys, nothing masked.
+        assert!(attention_mask(None, 1, 1, 3, None, DType::F32, &dev)
+            .unwrap()
+            .is_none());
+        // Key padding: the second sequence has 2 real tokens.
+        let kv = vec![vec![true; 3], vec![true, true, false]];
+        let m = attention_mask(Some(&kv), 2, 3, 0, None, DType::F32, &dev)
+            .unwrap()
+            .unwrap();
+        let second = mask_rows(&m.narrow(0, 1, 1).unwrap());
+        assert_eq!(second[2], vec![true, true, false]);
+    }
+
+    #[test]
+    fn rope_tables_follow_theta() {
+        let (c, s) = rope_tables(10000.0, 4, 2, 1, DType::F64, &Device::Cpu).unwrap();
+        let c: Vec<f64> = c.flatten_all().unwrap().to_vec1().unwrap();
+        let s: Vec<f64> = s.flatten_all().unwrap().to_vec1().unwrap();
+        // position 2, inv_freq = [1, 10000^(-1/2)]
+        assert!((c[0] - 2f64.cos()).abs() < 1e-12);
+        assert!((s[1] - (2.0 / 100.0f64).sin()).abs() < 1e-12);
+    }
+}

@@ -1,11 +1,13 @@
 //! The whole LLaVA model: loading, batches, the training forward pass and
 //! the response log-probabilities of the DPO / HDPO loss (paper Eq. 1, 13).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
+use rand::Rng;
 
 use super::checkpoint::{expected_tensors, Checkpoint};
 use super::config::{FeatureSelect, LlavaConfig};
@@ -187,10 +189,36 @@ pub struct LlavaModel {
     lora: Option<(LoraConfig, VarMap)>,
 }
 
-fn linear(ck: &Checkpoint, name: &str, bias: bool, dt: DType, dev: &Device) -> Result<LoraLinear> {
-    let w = ck.load(&format!("{name}.weight"), dt, dev)?;
+/// Something tensors can be loaded from by canonical name.
+pub trait TensorSource {
+    fn tensor(&self, canonical: &str, dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+impl TensorSource for Checkpoint {
+    fn tensor(&self, canonical: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        self.load(canonical, dtype, device)
+    }
+}
+
+impl TensorSource for HashMap<String, Tensor> {
+    fn tensor(&self, canonical: &str, dtype: DType, device: &Device) -> Result<Tensor> {
+        let t = self
+            .get(canonical)
+            .with_context(|| format!("missing tensor `{canonical}`"))?;
+        Ok(t.to_device(device)?.to_dtype(dtype)?)
+    }
+}
+
+fn linear(
+    ck: &dyn TensorSource,
+    name: &str,
+    bias: bool,
+    dt: DType,
+    dev: &Device,
+) -> Result<LoraLinear> {
+    let w = ck.tensor(&format!("{name}.weight"), dt, dev)?;
     let b = if bias {
-        Some(ck.load(&format!("{name}.bias"), dt, dev)?)
+        Some(ck.tensor(&format!("{name}.bias"), dt, dev)?)
     } else {
         None
     };
@@ -210,16 +238,148 @@ impl LlavaModel {
 
     /// Build the model from an opened checkpoint and its config.
     pub fn from_checkpoint(ck: &Checkpoint, cfg: LlavaConfig, opts: &LoadOptions) -> Result<Self> {
+        ck.check(&expected_tensors(&cfg)?)?;
+        Self::build(ck, cfg, ck.dir.clone(), opts)
+    }
+
+    /// A model with random weights (`N(0, 0.02)` matrices, unit norm weights,
+    /// zero biases), for tests, benchmarks and `init-model`. With a seed the
+    /// values come from `util::seed::rng_for(seed, "init/<name>")` on the host;
+    /// without one they are drawn on the device (fast for 7B-sized benchmarks).
+    pub fn random(cfg: LlavaConfig, seed: Option<u64>, opts: &LoadOptions) -> Result<Self> {
+        let dev = opts.device.clone();
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        for s in expected_tensors(&cfg)? {
+            if !s.required {
+                continue;
+            }
+            let n = &s.name;
+            let is_norm_w = n.ends_with("norm.weight")
+                || n.ends_with("layernorm.weight")
+                || n.ends_with("layer_norm1.weight")
+                || n.ends_with("layer_norm2.weight")
+                || n.ends_with("pre_layrnorm.weight");
+            let t = if is_norm_w {
+                Tensor::ones(s.shape.as_slice(), DType::F32, &dev)?
+            } else if n.ends_with(".bias") {
+                Tensor::zeros(s.shape.as_slice(), DType::F32, &dev)?
+            } else if let Some(seed) = seed {
+                let mut rng = crate::util::seed::rng_for(seed, &format!("init/{n}"));
+                let v: Vec<f32> = (0..s.numel())
+                    .map(|_| {
+                        // Box-Muller.
+                        let u1: f64 = rng.random::<f64>().max(1e-300);
+                        let u2: f64 = rng.random::<f64>();
+                        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * 0.02) as f32
+                    })
+                    .collect();
+                Tensor::from_vec(v, s.shape.as_slice(), &dev)?
+            } else {
+                Tensor::randn(0f32, 0.02, s.shape.as_slice(), &dev)?
+            };
+            map.insert(s.name.clone(), t);
+        }
+        Self::build(&map, cfg, PathBuf::new(), opts)
+    }
+
+    /// Write `config.json` (transformers-5 layout) and `model.safetensors`
+    /// (base weights, adapters not merged) into `dir`. Tokenizer files are not
+    /// written here.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let mut cfg = self.config.clone();
+        cfg.architecture = super::config::Architecture::HfLlava;
+        if cfg.image_token_id.is_none() {
+            bail!("the model has no image token id; set config.image_token_id before saving it in the HF layout");
+        }
+        cfg.stored_dtype = Some(
+            match self.dtype {
+                DType::F64 => "float64",
+                DType::BF16 => "bfloat16",
+                DType::F16 => "float16",
+                _ => "float32",
+            }
+            .into(),
+        );
+        self.save_weights(dir)?;
+        crate::util::fsio::write_json_atomic(&dir.join("config.json"), &cfg.to_hf_json()?)
+    }
+
+    /// Write the base weights (canonical = transformers 5 key names, adapters
+    /// not merged) as `model.safetensors` into `dir`, atomically.
+    pub fn save_weights(&self, dir: &Path) -> Result<()> {
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        let mut put = |name: &str, t: &Tensor| -> Result<()> {
+            map.insert(name.to_string(), t.to_device(&Device::Cpu)?.contiguous()?);
+            Ok(())
+        };
+        for lin in self.linears() {
+            put(&format!("{}.weight", lin.name), &lin.weight)?;
+            if let Some(b) = &lin.bias {
+                put(&format!("{}.bias", lin.name), b)?;
+            }
+        }
+        let lm = "model.language_model";
+        put(
+            &format!("{lm}.embed_tokens.weight"),
+            &self.decoder.embed_tokens,
+        )?;
+        put(&format!("{lm}.norm.weight"), &self.decoder.norm)?;
+        for (i, l) in self.decoder.layers.iter().enumerate() {
+            put(
+                &format!("{lm}.layers.{i}.input_layernorm.weight"),
+                &l.input_layernorm,
+            )?;
+            put(
+                &format!("{lm}.layers.{i}.post_attention_layernorm.weight"),
+                &l.post_attention_layernorm,
+            )?;
+        }
+        let vt = "model.vision_tower.vision_model";
+        let v = &self.vision;
+        put(
+            &format!("{vt}.embeddings.class_embedding"),
+            &v.class_embedding,
+        )?;
+        put(
+            &format!("{vt}.embeddings.patch_embedding.weight"),
+            &v.patch_embedding,
+        )?;
+        put(
+            &format!("{vt}.embeddings.position_embedding.weight"),
+            &v.position_embedding,
+        )?;
+        put(&format!("{vt}.pre_layrnorm.weight"), &v.pre_layrnorm.0)?;
+        put(&format!("{vt}.pre_layrnorm.bias"), &v.pre_layrnorm.1)?;
+        for (i, l) in v.layers.iter().enumerate() {
+            let p = format!("{vt}.encoder.layers.{i}");
+            put(&format!("{p}.layer_norm1.weight"), &l.layer_norm1.0)?;
+            put(&format!("{p}.layer_norm1.bias"), &l.layer_norm1.1)?;
+            put(&format!("{p}.layer_norm2.weight"), &l.layer_norm2.0)?;
+            put(&format!("{p}.layer_norm2.bias"), &l.layer_norm2.1)?;
+        }
+        if self.config.text.tie_word_embeddings {
+            map.remove("lm_head.weight");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let bytes = safetensors::serialize(&map, None).context("cannot serialise the weights")?;
+        crate::util::fsio::atomic_write(&dir.join("model.safetensors"), &bytes)
+    }
+
+    fn build(
+        ck: &dyn TensorSource,
+        cfg: LlavaConfig,
+        dir: PathBuf,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let dev = opts.device.clone();
         let dt = opts.dtype.unwrap_or(if dev.is_cpu() {
             DType::F32
         } else {
             DType::BF16
         });
-        ck.check(&expected_tensors(&cfg)?)?;
         let t = cfg.text.clone();
         let lm = "model.language_model";
-        let embed_tokens = ck.load(&format!("{lm}.embed_tokens.weight"), dt, &dev)?;
+        let embed_tokens = ck.tensor(&format!("{lm}.embed_tokens.weight"), dt, &dev)?;
         let mut layers = Vec::with_capacity(t.num_hidden_layers);
         for l in 0..t.num_hidden_layers {
             let p = format!("{lm}.layers.{l}");
@@ -238,15 +398,15 @@ impl LlavaModel {
                     up_proj: linear(ck, &format!("{p}.mlp.up_proj"), false, dt, &dev)?,
                     down_proj: linear(ck, &format!("{p}.mlp.down_proj"), false, dt, &dev)?,
                 },
-                input_layernorm: ck.load(&format!("{p}.input_layernorm.weight"), dt, &dev)?,
-                post_attention_layernorm: ck.load(
+                input_layernorm: ck.tensor(&format!("{p}.input_layernorm.weight"), dt, &dev)?,
+                post_attention_layernorm: ck.tensor(
                     &format!("{p}.post_attention_layernorm.weight"),
                     dt,
                     &dev,
                 )?,
             });
         }
-        let norm = ck.load(&format!("{lm}.norm.weight"), dt, &dev)?;
+        let norm = ck.tensor(&format!("{lm}.norm.weight"), dt, &dev)?;
         let lm_head = if t.tie_word_embeddings {
             LoraLinear::new("lm_head".into(), embed_tokens.clone(), None)
         } else {
@@ -263,8 +423,8 @@ impl LlavaModel {
         let vt = "model.vision_tower.vision_model";
         let ln = |n: &str| -> Result<(Tensor, Tensor)> {
             Ok((
-                ck.load(&format!("{n}.weight"), dt, &dev)?,
-                ck.load(&format!("{n}.bias"), dt, &dev)?,
+                ck.tensor(&format!("{n}.weight"), dt, &dev)?,
+                ck.tensor(&format!("{n}.bias"), dt, &dev)?,
             ))
         };
         let mut vlayers = Vec::new();
@@ -282,13 +442,13 @@ impl LlavaModel {
             });
         }
         let vision = ClipVision {
-            class_embedding: ck.load(&format!("{vt}.embeddings.class_embedding"), dt, &dev)?,
-            patch_embedding: ck.load(
+            class_embedding: ck.tensor(&format!("{vt}.embeddings.class_embedding"), dt, &dev)?,
+            patch_embedding: ck.tensor(
                 &format!("{vt}.embeddings.patch_embedding.weight"),
                 dt,
                 &dev,
             )?,
-            position_embedding: ck.load(
+            position_embedding: ck.tensor(
                 &format!("{vt}.embeddings.position_embedding.weight"),
                 dt,
                 &dev,
@@ -314,7 +474,7 @@ impl LlavaModel {
         };
         Ok(LlavaModel {
             config: cfg,
-            dir: ck.dir.clone(),
+            dir,
             vision,
             projector,
             decoder,
@@ -533,14 +693,18 @@ pub fn sequence_logprobs(
         DType::F64 => DType::F64,
         _ => DType::F32,
     };
-    let lg = logits.narrow(1, 0, l - 1)?.to_dtype(dt)?;
-    let logp = candle_nn::ops::log_softmax(&lg, D::Minus1)?;
+    let v = logits.dim(2)?;
+    let lg = logits
+        .narrow(1, 0, l - 1)?
+        .to_dtype(dt)?
+        .contiguous()?
+        .reshape((b * (l - 1), v))?;
     let targets = input_ids
         .narrow(1, 1, l - 1)?
         .to_dtype(DType::U32)?
         .contiguous()?
-        .unsqueeze(2)?;
-    let tok = logp.gather(&targets, 2)?.squeeze(2)?;
+        .reshape(b * (l - 1))?;
+    let tok = super::ops::log_softmax_gather(&lg, &targets)?.reshape((b, l - 1))?;
     let zero = Tensor::zeros((b, 1), dt, logits.device())?;
     let tok = Tensor::cat(&[&zero, &tok], 1)?;
     let per_token = (tok * response_mask.to_dtype(dt)?)?;

@@ -35,6 +35,7 @@ pub mod llava;
 pub mod lora;
 pub mod merge;
 pub mod nn;
+pub mod ops;
 pub mod template;
 pub mod vision;
 

@@ -64,7 +64,7 @@ impl LoraLinear {
         let in_f = *dims.last().unwrap_or(&0);
         let n = x.elem_count() / in_f.max(1);
         let x2 = x.reshape((n, in_f))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = super::ops::frozen_linear(&x2, &self.weight)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
