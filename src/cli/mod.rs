@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 pub mod data;
 pub mod phantom;
 pub mod align;
+pub mod model;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -27,6 +28,17 @@ pub enum Command {
     Phantom(phantom::PhantomArgs),
     /// Train a small dual encoder contrastively on image-text pairs (recall@1/@5 on held-out pairs).
     Align(align::AlignArgs),
+    /// Per-token and summed log-probs of a response under the model.
+    Logprobs(model::LogprobsArgs),
+    /// Generate an answer (greedy by default, KV cache, stops at EOS).
+    Generate(model::GenerateArgs),
+    /// Model inspection (`hdpo model info`).
+    Model {
+        #[command(subcommand)]
+        cmd: model::ModelCmd,
+    },
+    /// Merge a LoRA adapter into full weights.
+    Merge(model::MergeArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -36,6 +48,10 @@ pub fn run() -> Result<()> {
         Command::Data(a) => data::run(a),
         Command::Phantom(a) => phantom::run(a),
         Command::Align(a) => align::run(a),
+        Command::Logprobs(a) => model::logprobs(a),
+        Command::Generate(a) => model::generate(a),
+        Command::Model { cmd } => model::model_cmd(cmd),
+        Command::Merge(a) => model::merge(a),
     }
 }
 
