@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, ResizeMode};
+use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, Resample, ResizeMode};
 use hdpo::data::inspect::{inspect, lesion_share, InspectOptions};
 use hdpo::data::pairs::{read_pairs, read_pairs_with, write_pairs, write_rule_pairs, PairRecord};
 use hdpo::data::{detect_format, load, AnswerType, DatasetFormat, LoadOptions, Split};
@@ -678,6 +678,7 @@ fn clip_preprocessing_matches_tiny_llava_reference() {
     let pp = Preprocess::from_hf_config(&fx.join("processor_config.json")).unwrap();
     assert_eq!(pp.mode, ResizeMode::CenterCrop);
     assert_eq!((pp.size, pp.shortest_edge), (32, 32));
+    assert_eq!(pp.resample, Resample::Bicubic);
     let refs =
         candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let prompt = refs["prompt_pixel_values"].get(0).unwrap();
@@ -701,6 +702,7 @@ fn vit_preprocessing_matches_tiny_vit_reference() {
     let pp = Preprocess::from_hf_config(&fx.join("preprocessor_config.json")).unwrap();
     assert_eq!(pp.mode, ResizeMode::Resize);
     assert_eq!(pp.mean, [0.5; 3]);
+    assert_eq!(pp.resample, Resample::Bilinear);
     let refs =
         candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let pv = &refs["pixel_values"];
