@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod data;
+pub mod phantom;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
@@ -21,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Dataset tools: inspect a dataset's contents.
     Data(data::DataArgs),
+    /// Generate the phantom benchmark (schematic chest radiographs with known lesions).
+    Phantom(phantom::PhantomArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -28,6 +31,7 @@ pub fn run() -> Result<()> {
     init_tracing(&cli.log);
     match cli.command {
         Command::Data(a) => data::run(a),
+        Command::Phantom(a) => phantom::run(a),
     }
 }
 
