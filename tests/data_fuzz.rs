@@ -139,4 +139,39 @@ proptest! {
             prop_assert!(e.to_string().contains(file));
         }
     }
+
+    #[test]
+    fn mutated_pair_records_never_panic(
+        layout in 0usize..2,
+        field in 0usize..20,
+        kind in any::<u8>(),
+        text in "\\PC{0,12}",
+        delete in any::<bool>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rec = if layout == 0 {
+            json!({"id": "p1", "kind": "mis", "prompt": "Is there an effusion?", "chosen": "Left.",
+                "rejected": "Right.", "chosen_image": "a.png", "rejected_image": "b.png", "weight": 1.0,
+                "delta": ["left", "right"], "similarities": [0.1, 0.2], "extra": {"x": 1}})
+        } else {
+            json!({"id": "r1", "image": "CXR1/0.png",
+                "conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A"}],
+                "rejected_conversations": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "B"}]})
+        };
+        let o = rec.as_object_mut().unwrap();
+        let keys: Vec<String> = o.keys().cloned().collect();
+        let key = keys[field % keys.len()].clone();
+        if delete {
+            o.remove(&key);
+        } else {
+            o.insert(key, random_value(kind, &text));
+        }
+        let p = dir.path().join("pairs.jsonl");
+        std::fs::write(&p, format!("{rec}\n")).unwrap();
+        let (pairs, skipped) = read_pairs_with(&p, true).unwrap();
+        prop_assert_eq!(pairs.len() + skipped.len(), 1);
+        for pr in &pairs {
+            let _ = pr.resolve_images(&p);
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, ResizeMode};
+use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, Resample, ResizeMode};
 use hdpo::data::inspect::{inspect, lesion_share, InspectOptions};
 use hdpo::data::pairs::{read_pairs, read_pairs_with, write_pairs, write_rule_pairs, PairRecord};
 use hdpo::data::{detect_format, load, AnswerType, DatasetFormat, LoadOptions, Split};
@@ -678,6 +678,7 @@ fn clip_preprocessing_matches_tiny_llava_reference() {
     let pp = Preprocess::from_hf_config(&fx.join("processor_config.json")).unwrap();
     assert_eq!(pp.mode, ResizeMode::CenterCrop);
     assert_eq!((pp.size, pp.shortest_edge), (32, 32));
+    assert_eq!(pp.resample, Resample::Bicubic);
     let refs =
         candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let prompt = refs["prompt_pixel_values"].get(0).unwrap();
@@ -701,6 +702,7 @@ fn vit_preprocessing_matches_tiny_vit_reference() {
     let pp = Preprocess::from_hf_config(&fx.join("preprocessor_config.json")).unwrap();
     assert_eq!(pp.mode, ResizeMode::Resize);
     assert_eq!(pp.mean, [0.5; 3]);
+    assert_eq!(pp.resample, Resample::Bilinear);
     let refs =
         candle_core::safetensors::load(fx.join("reference.safetensors"), &Device::Cpu).unwrap();
     let pv = &refs["pixel_values"];
@@ -1085,4 +1087,81 @@ fn official_folder_names_and_slake_organ_masks() {
         (2, 0, 0)
     );
     assert!(r.to_table().contains("organ masks"));
+}
+
+#[test]
+fn generated_phantom_round_trips_through_the_loaders() {
+    use hdpo::data::phantom::{self, PhantomConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        seed: 5,
+        train: 12,
+        val: 3,
+        test: 15,
+        size: 64,
+        ..PhantomConfig::default()
+    };
+    phantom::generate(&cfg, dir.path()).unwrap();
+    assert_eq!(detect_format(dir.path()).unwrap(), DatasetFormat::Phantom);
+    let strict = LoadOptions {
+        require_images: true,
+        ..opts()
+    };
+    // QA: every record of every split file, each with its mask.
+    let qa = load(DatasetFormat::Phantom, dir.path(), &strict).unwrap();
+    let mut n_records = 0;
+    for f in ["train.json", "validate.json", "test.json"] {
+        let v: Value = serde_json::from_slice(&std::fs::read(dir.path().join(f)).unwrap()).unwrap();
+        n_records += v.as_array().unwrap().len();
+    }
+    assert_eq!(qa.samples.len(), n_records);
+    assert!(qa.samples.iter().all(|s| s.mask.is_some()));
+    // Mask areas read back agree with the written area and subtle flag.
+    for s in &qa.samples {
+        let share = lesion_share(s).unwrap().unwrap();
+        let area = s.meta["lesion_area"].as_f64().unwrap();
+        assert!((share - area).abs() < 1e-9, "{}: {share} vs {area}", s.id);
+        assert_eq!(
+            is_subtle(share, 0.05),
+            s.meta["subtle"] == json!(true),
+            "{}",
+            s.id
+        );
+    }
+    // Reports: one per study with a 64x64 image and the study's mask.
+    let rep = load(DatasetFormat::PhantomReport, dir.path(), &strict).unwrap();
+    assert_eq!(rep.samples.len(), 30);
+    assert_eq!(
+        rep.samples.iter().filter(|s| s.split == Split::Val).count(),
+        3
+    );
+    let truth: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("phantom.json")).unwrap()).unwrap();
+    let studies = truth["studies"].as_array().unwrap();
+    for s in &rep.samples {
+        assert_eq!(load_rgb(&s.images[0]).unwrap().dimensions(), (64, 64));
+        let st = studies.iter().find(|t| t["id"] == json!(s.id)).unwrap();
+        let share = lesion_share(s).unwrap().unwrap();
+        assert!((share - st["lesion_area"].as_f64().unwrap()).abs() < 1e-9);
+        // DAug heatmaps: by class, and the max over classes, at the image size.
+        let h = read_daug(&dir.path().join("heatmaps"), &s.id, None, Some((64, 64))).unwrap();
+        if let Some(class) = st["heatmap_class"].as_str() {
+            let c = read_daug(
+                &dir.path().join("heatmaps"),
+                &s.id,
+                Some(class),
+                Some((64, 64)),
+            )
+            .unwrap();
+            assert!(c.max() <= h.max());
+        }
+    }
+    let r = inspect(dir.path(), &InspectOptions::default()).unwrap();
+    let subtle_qa = qa
+        .samples
+        .iter()
+        .filter(|s| s.meta["subtle"] == json!(true))
+        .count();
+    assert_eq!(r.masks.subtle, subtle_qa);
+    assert_eq!(r.images.missing, 0);
 }

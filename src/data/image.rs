@@ -58,8 +58,44 @@ pub struct Preprocess {
     /// Shortest side after the first resize ([`ResizeMode::CenterCrop`] only).
     pub shortest_edge: u32,
     pub mode: ResizeMode,
+    /// Resampling filter of every resize.
+    #[serde(default)]
+    pub resample: Resample,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+/// Resampling filters, numbered as PIL numbers them in Hugging Face configs
+/// (`resample`: 0 nearest, 1 Lanczos, 2 bilinear, 3 bicubic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resample {
+    Nearest,
+    Bilinear,
+    #[default]
+    Bicubic,
+    Lanczos,
+}
+
+impl Resample {
+    /// From a Hugging Face `resample` code (PIL's numbering); unknown codes give bicubic.
+    pub fn from_pil(code: u64) -> Self {
+        match code {
+            0 => Resample::Nearest,
+            1 => Resample::Lanczos,
+            2 => Resample::Bilinear,
+            _ => Resample::Bicubic,
+        }
+    }
+
+    fn filter(self) -> FilterType {
+        match self {
+            Resample::Nearest => FilterType::Nearest,
+            Resample::Bilinear => FilterType::Triangle,
+            Resample::Bicubic => FilterType::CatmullRom,
+            Resample::Lanczos => FilterType::Lanczos3,
+        }
+    }
 }
 
 impl Default for Preprocess {
@@ -76,6 +112,7 @@ impl Preprocess {
             size,
             shortest_edge: size,
             mode: ResizeMode::CenterCrop,
+            resample: Resample::Bicubic,
             mean: CLIP_MEAN,
             std: CLIP_STD,
         }
@@ -166,11 +203,17 @@ impl Preprocess {
         let pad = ip.get("do_pad").and_then(Value::as_bool).unwrap_or(false)
             || ip.get("image_aspect_ratio").and_then(Value::as_str) == Some("pad");
         let (edge, shortest) = size.unwrap_or((224, true));
+        let resample = ip
+            .get("resample")
+            .and_then(Value::as_u64)
+            .map(Resample::from_pil)
+            .unwrap_or_default();
         let out = match (pad, do_crop, crop) {
             (true, _, Some((c, _))) => Preprocess {
                 size: c,
                 shortest_edge: edge,
                 mode: ResizeMode::PadSquare,
+                resample,
                 mean,
                 std,
             },
@@ -178,6 +221,7 @@ impl Preprocess {
                 size: edge,
                 shortest_edge: edge,
                 mode: ResizeMode::PadSquare,
+                resample,
                 mean,
                 std,
             },
@@ -185,6 +229,7 @@ impl Preprocess {
                 size: c,
                 shortest_edge: edge,
                 mode: ResizeMode::CenterCrop,
+                resample,
                 mean,
                 std,
             },
@@ -192,6 +237,7 @@ impl Preprocess {
                 size: edge,
                 shortest_edge: edge,
                 mode: ResizeMode::Resize,
+                resample,
                 mean,
                 std,
             },
@@ -199,6 +245,7 @@ impl Preprocess {
                 size: edge,
                 shortest_edge: edge,
                 mode: ResizeMode::CenterCrop,
+                resample,
                 mean,
                 std,
             },
@@ -226,11 +273,13 @@ impl Preprocess {
         }
         Ok(match self.mode {
             ResizeMode::CenterCrop => {
-                let r = resize_shortest(img, self.shortest_edge);
+                let r = resize_shortest_with(img, self.shortest_edge, self.resample);
                 center_crop(&r, s, s)
             }
-            ResizeMode::PadSquare => resize_to(&expand2square(img, self.pad_colour()), s, s),
-            ResizeMode::Resize => resize_to(img, s, s),
+            ResizeMode::PadSquare => {
+                resize_with(&expand2square(img, self.pad_colour()), s, s, self.resample)
+            }
+            ResizeMode::Resize => resize_with(img, s, s, self.resample),
         })
     }
 
@@ -304,6 +353,11 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<()> {
 /// Resize so the shortest side is `edge` and the long side `int(edge * long / short)`
 /// (Hugging Face's `get_resize_output_image_size`), bicubic.
 pub fn resize_shortest(img: &RgbImage, edge: u32) -> RgbImage {
+    resize_shortest_with(img, edge, Resample::Bicubic)
+}
+
+/// [`resize_shortest`] with a chosen filter.
+pub fn resize_shortest_with(img: &RgbImage, edge: u32, resample: Resample) -> RgbImage {
     let (w, h) = img.dimensions();
     let (short, long) = if w <= h { (w, h) } else { (h, w) };
     if short == 0 {
@@ -315,15 +369,20 @@ pub fn resize_shortest(img: &RgbImage, edge: u32) -> RgbImage {
     } else {
         (new_long, edge)
     };
-    resize_to(img, nw, nh)
+    resize_with(img, nw, nh, resample)
 }
 
 /// Resize to exactly `w × h`, bicubic; a no-op copy when the size already matches.
 pub fn resize_to(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    resize_with(img, w, h, Resample::Bicubic)
+}
+
+/// Resize to exactly `w × h` with a chosen filter; a no-op copy when the size already matches.
+pub fn resize_with(img: &RgbImage, w: u32, h: u32, resample: Resample) -> RgbImage {
     if img.dimensions() == (w, h) {
         return img.clone();
     }
-    image::imageops::resize(img, w, h, FilterType::CatmullRom)
+    image::imageops::resize(img, w, h, resample.filter())
 }
 
 /// Centre-crop to `w × h` (top = (H − h) // 2, left = (W − w) // 2, floor
