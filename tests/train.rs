@@ -734,3 +734,100 @@ fn sft_lowers_held_out_nll_and_resumes_exactly() {
     }
     let _ = SftPolicy::trainable(&a);
 }
+
+/// A policy whose four sequence log-probs are themselves the trainable
+/// tensors, set to the fixture's values: the dry run must then give the
+/// fixture's losses, and gradients of the analytic form, through the whole
+/// pipeline (pair order, reference side, weights, accumulation).
+struct FixturePolicy {
+    keys: Vec<(String, Option<PathBuf>)>,
+    policy: Vec<Var>,
+    reference: Vec<f64>,
+}
+
+impl PreferencePolicy for FixturePolicy {
+    fn logps(&self, items: &[SeqItem], adapters: bool) -> Result<Tensor> {
+        let mut out = Vec::new();
+        for it in items {
+            let k = self
+                .keys
+                .iter()
+                .position(|(r, img)| *r == it.response && *img == it.image)
+                .ok_or_else(|| anyhow::anyhow!("unknown sequence"))?;
+            out.push(if adapters {
+                self.policy[k].as_tensor().clone()
+            } else {
+                Tensor::new(&[self.reference[k]], &Device::Cpu)?
+            });
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        self.policy
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("seq{i}"), v.clone()))
+            .collect()
+    }
+}
+
+#[test]
+fn dry_run_reproduces_the_fixture_losses_through_the_pipeline() {
+    let j = reference_json();
+    let d = &j["dpo"];
+    let beta = j["beta"].as_f64().unwrap();
+    let w = f64s(&j["weights"]);
+    let pol = f64s(&d["policy_logps_f64"]);
+    let mut keys = Vec::new();
+    let mut pairs = Vec::new();
+    for (i, p) in d["pairs"].as_array().unwrap().iter().enumerate() {
+        let img = |k: &str| Some(PathBuf::from(format!("img{}.png", p[k].as_u64().unwrap())));
+        keys.push((
+            p["chosen"].as_str().unwrap().to_string(),
+            img("chosen_image"),
+        ));
+        keys.push((
+            p["rejected"].as_str().unwrap().to_string(),
+            img("rejected_image"),
+        ));
+        pairs.push(PreferencePair {
+            id: format!("pair{i}"),
+            kind: "mis".into(),
+            prompt: p["prompt"].as_str().unwrap().into(),
+            chosen: p["chosen"].as_str().unwrap().into(),
+            rejected: p["rejected"].as_str().unwrap().into(),
+            chosen_image: img("chosen_image"),
+            rejected_image: img("rejected_image"),
+            weight: w[i],
+        });
+    }
+    let policy = FixturePolicy {
+        keys,
+        policy: pol
+            .iter()
+            .map(|x| Var::new(&[*x], &Device::Cpu).unwrap())
+            .collect(),
+        reference: f64s(&d["ref_logps_f64"]),
+    };
+    let h = f64s(&d["h_f64"]);
+    for (name, key, weighted) in [
+        ("hdpo", "loss_weighted_f64", true),
+        ("dpo", "loss_dpo_f64", false),
+    ] {
+        let loss = losses::by_name(name, beta).unwrap();
+        let dr = preference::dry_run(&policy, &pairs, loss.as_ref()).unwrap();
+        let want = d[key].as_f64().unwrap();
+        assert!(rel(dr.loss, want) <= 1e-9, "{name}: {} vs {want}", dr.loss);
+        for (i, p) in dr.pairs.iter().enumerate() {
+            assert!(rel(p.h, h[i]) <= 1e-9);
+            assert_eq!(p.policy_chosen, pol[2 * i]);
+        }
+        for i in 0..2 {
+            let wi = if weighted { w[i] } else { 1.0 };
+            let g = wi * beta / (1.0 + (beta * h[i]).exp()) / 2.0;
+            assert!(rel(dr.grad_norms[&format!("seq{}", 2 * i)], g) <= 1e-9);
+            assert!(rel(dr.grad_norms[&format!("seq{}", 2 * i + 1)], g) <= 1e-9);
+        }
+    }
+}

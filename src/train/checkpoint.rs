@@ -194,3 +194,62 @@ pub fn load(dir: &Path, opt: &mut AdamW) -> Result<TrainerState> {
         .with_context(|| format!("while loading {}", op.display()))?;
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::config::OptimConfig;
+    use candle_core::Device;
+
+    fn state(step: u64) -> TrainerState {
+        TrainerState {
+            version: 1,
+            step,
+            epoch: 0,
+            position: 4,
+            seed: 1,
+            log_offset: 0,
+            n_items: 8,
+            data_fingerprint: "x".into(),
+            run_key: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn incomplete_folders_are_ignored_and_old_ones_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let p = Var::new(&[1.0f32, 2.0], &Device::Cpu).unwrap();
+        let opt = AdamW::new(vec![("w".into(), p.clone())], &OptimConfig::default()).unwrap();
+        for s in [2, 4, 6] {
+            save(root, &opt, &state(s), 2).unwrap();
+        }
+        let steps: Vec<u64> = list(root).unwrap().into_iter().map(|(s, _)| s).collect();
+        assert_eq!(steps.len(), 2);
+        // A crash mid-save leaves a temporary folder or one without its state file.
+        std::fs::create_dir_all(root.join(".tmp-step-00000010")).unwrap();
+        std::fs::create_dir_all(root.join("step-00000012")).unwrap();
+        assert!(latest(root).unwrap().unwrap().ends_with("step-00000006"));
+        // Loading restores the tensors; a corrupt state file is a clear error.
+        p.set(&Tensor::new(&[9.0f32, 9.0], &Device::Cpu).unwrap())
+            .unwrap();
+        let mut opt2 = AdamW::new(vec![("w".into(), p.clone())], &OptimConfig::default()).unwrap();
+        let st = load(&root.join("step-00000006"), &mut opt2).unwrap();
+        assert_eq!(st, state(6));
+        assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        std::fs::write(root.join("step-00000006").join(STATE_FILE), "{").unwrap();
+        let e = load(&root.join("step-00000006"), &mut opt2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trainer_state.json"), "{e}");
+        // A trainable file with the wrong shape names the tensor.
+        let q = Var::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let e = load_trainable(
+            &root.join("step-00000004").join(TRAINABLE_FILE),
+            &[("w".into(), q)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'w'"), "{e}");
+    }
+}
