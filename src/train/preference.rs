@@ -57,6 +57,13 @@ pub fn validate_pairs(pairs: &[PreferencePair]) -> Result<()> {
             p.weight
         );
     }
+    let same = pairs
+        .iter()
+        .filter(|p| p.chosen == p.rejected && p.chosen_image == p.rejected_image)
+        .count();
+    if same > 0 {
+        tracing::warn!("{same} pairs have identical chosen and rejected sides; they teach nothing");
+    }
     Ok(())
 }
 
@@ -231,6 +238,17 @@ pub fn train<P: PreferencePolicy + ?Sized>(
     config.optim.validate()?;
     if !loss.uses_weights() && pairs.iter().any(|p| p.weight != 1.0) {
         tracing::info!("loss '{}' ignores the pairs' weights", loss.name());
+    }
+    // Refuse to overwrite a run before the (long) reference pass, not after it.
+    if !config.run.resume {
+        if let Some(dir) = super::checkpoint::latest(&out_dir.join(engine::CHECKPOINT_DIR))? {
+            bail!(
+                "{} already holds a checkpoint ({}); pass --resume to continue it or choose \
+                 another output folder",
+                out_dir.display(),
+                dir.display()
+            );
+        }
     }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create the run folder {}", out_dir.display()))?;
