@@ -277,3 +277,24 @@ pub(crate) fn run<T: Task>(
         trainable_path,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_order_is_a_function_of_seed_and_epoch() {
+        let a = epoch_order(20, 5, 1, true);
+        assert_eq!(a, epoch_order(20, 5, 1, true));
+        assert_ne!(a, epoch_order(20, 5, 2, true));
+        assert_ne!(a, epoch_order(20, 6, 1, true));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..20).collect::<Vec<_>>());
+        assert_eq!(epoch_order(4, 5, 1, false), vec![0, 1, 2, 3]);
+        assert_ne!(
+            data_fingerprint(&["a", "bc"]),
+            data_fingerprint(&["ab", "c"])
+        );
+    }
+}

@@ -390,7 +390,10 @@ pub struct EvalReport {
 impl EvalReport {
     /// Mean α·h over the pairs.
     pub fn margin(&self) -> f64 {
-        self.metrics["rewards/margins"].as_f64().unwrap_or(f64::NAN)
+        self.metrics
+            .get("rewards/margins")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN)
     }
 
     /// Share of pairs whose chosen reward beats the rejected one.
