@@ -3,10 +3,10 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-pub mod data;
-pub mod phantom;
 pub mod align;
+pub mod data;
 pub mod model;
+pub mod phantom;
 pub mod progress;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.

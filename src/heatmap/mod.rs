@@ -2,8 +2,8 @@
 //! their file formats, heatmap sources, patch pooling and normalisation, and
 //! the salient region Ω*.
 
-pub mod io;
 pub mod gradcam;
+pub mod io;
 pub mod mask;
 pub mod pool;
 pub mod region;
