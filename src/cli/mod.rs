@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod align;
+pub mod curate;
 pub mod data;
 pub mod model;
 pub mod phantom;
@@ -28,6 +29,8 @@ pub enum Command {
     Phantom(phantom::PhantomArgs),
     /// Train a small dual encoder contrastively on image-text pairs (recall@1/@5 on held-out pairs).
     Align(align::AlignArgs),
+    /// Heatmap-guided preference curation: k*, misdiagnosis / false positive / false negative pairs, weight w.
+    Curate(curate::CurateArgs),
     /// Per-token and summed log-probs of a response under the model.
     Logprobs(model::LogprobsArgs),
     /// Generate an answer (greedy by default, KV cache, stops at EOS).
@@ -48,6 +51,7 @@ pub fn run() -> Result<()> {
         Command::Data(a) => data::run(a),
         Command::Phantom(a) => phantom::run(a),
         Command::Align(a) => align::run(a),
+        Command::Curate(a) => curate::run(a),
         Command::Logprobs(a) => model::logprobs(a),
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
