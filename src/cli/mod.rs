@@ -4,11 +4,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod align;
+pub mod bench;
 pub mod curate;
 pub mod data;
 pub mod model;
 pub mod phantom;
 pub mod progress;
+pub mod train;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
 #[derive(Parser, Debug)]
@@ -42,6 +44,15 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into full weights.
     Merge(model::MergeArgs),
+    /// Train LoRA adapters: HDPO (Eq. 13), DPO (Eq. 1) on pair files, or SFT on a dataset.
+    Train(Box<train::TrainArgs>),
+    /// Answer a dataset with greedy generation; writes the rows `hdpo eval` reads.
+    Predict(train::PredictArgs),
+    /// Throughput benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
 }
 
 pub fn run() -> Result<()> {
@@ -56,6 +67,9 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
         Command::Merge(a) => model::merge(a),
+        Command::Train(a) => train::train(*a),
+        Command::Predict(a) => train::predict(a),
+        Command::Bench { cmd } => bench::run(cmd),
     }
 }
 
