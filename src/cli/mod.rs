@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 pub mod align;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod phantom;
 pub mod progress;
@@ -39,6 +40,11 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into full weights.
     Merge(model::MergeArgs),
+    /// Evaluation metrics: reports (BLEU, METEOR, ROUGE-L), Med-VQA, METEOR tables.
+    Eval {
+        #[command(subcommand)]
+        cmd: eval::EvalCmd,
+    },
 }
 
 pub fn run() -> Result<()> {
@@ -52,6 +58,7 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
         Command::Merge(a) => model::merge(a),
+        Command::Eval { cmd } => eval::run(cmd),
     }
 }
 
