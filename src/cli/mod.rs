@@ -7,6 +7,7 @@ pub mod align;
 pub mod bench;
 pub mod curate;
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod phantom;
 pub mod progress;
@@ -53,6 +54,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+    /// Evaluation metrics: reports (BLEU, METEOR, ROUGE-L), Med-VQA, METEOR tables.
+    Eval {
+        #[command(subcommand)]
+        cmd: eval::EvalCmd,
+    },
 }
 
 pub fn run() -> Result<()> {
@@ -70,6 +76,7 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train::train(*a),
         Command::Predict(a) => train::predict(a),
         Command::Bench { cmd } => bench::run(cmd),
+        Command::Eval { cmd } => eval::run(cmd),
     }
 }
 
