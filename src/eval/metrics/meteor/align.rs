@@ -70,7 +70,7 @@ pub struct Resources<'a> {
 /// the segments of a corpus; one per thread.
 #[derive(Default)]
 pub struct WordCache {
-    index: HashMap<String, usize>,
+    index: HashMap<String, usize, std::hash::BuildHasherDefault<Fnv>>,
     info: Vec<WordInfo>,
 }
 
@@ -79,6 +79,29 @@ struct WordInfo {
     stem: Option<i32>,
     syn: Option<Vec<u32>>,
     para: Option<i64>,
+    block: Option<(usize, usize)>,
+}
+
+/// FNV-1a, a fast hasher for the per-thread word cache (keys are words).
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
 }
 
 impl WordCache {
@@ -92,6 +115,7 @@ impl WordCache {
             stem: None,
             syn: None,
             para: None,
+            block: None,
         });
         self.index.insert(w.to_string(), i);
         i
@@ -114,6 +138,28 @@ impl WordCache {
     }
 }
 
+impl WordCache {
+    /// Paraphrase paths at `line[start..]` (word `ids[start]` of this
+    /// cache), searching only the block of phrases that start with that word.
+    fn paths(
+        &mut self,
+        pt: &ParaphraseTable,
+        line: &[i64],
+        ids: &[usize],
+        start: usize,
+    ) -> Vec<(usize, Vec<u32>)> {
+        let w = line[start];
+        if w < 0 {
+            return Vec::new();
+        }
+        let info = &mut self.info[ids[start]];
+        let block = *info
+            .block
+            .get_or_insert_with(|| pt.first_word_block(w as u32));
+        pt.paths_in(line, start, block)
+    }
+}
+
 /// Result of aligning a hypothesis (line 1) with a reference (line 2).
 #[derive(Clone, Debug, Default)]
 pub struct Alignment {
@@ -123,19 +169,41 @@ pub struct Alignment {
     pub chunks: usize,
 }
 
-/// Fixed-size bit set (used-word flags).
+/// Fixed-size bit set (used-word flags); inline up to 256 words, so that
+/// extending a path allocates nothing for ordinary sentences.
 #[derive(Clone, Debug)]
-struct Bits(Vec<u64>);
+struct Bits {
+    small: [u64; 4],
+    large: Vec<u64>,
+}
 
 impl Bits {
     fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+        Bits {
+            small: [0; 4],
+            large: if n > 256 {
+                vec![0; n.div_ceil(64)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+    fn words(&self) -> &[u64] {
+        if self.large.is_empty() {
+            &self.small
+        } else {
+            &self.large
+        }
     }
     fn get(&self, i: usize) -> bool {
-        self.0[i / 64] >> (i % 64) & 1 == 1
+        self.words()[i / 64] >> (i % 64) & 1 == 1
     }
     fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+        if self.large.is_empty() {
+            self.small[i / 64] |= 1 << (i % 64);
+        } else {
+            self.large[i / 64] |= 1 << (i % 64);
+        }
     }
     fn any(&self, from: usize, len: usize) -> bool {
         (from..from + len).any(|i| self.get(i))
@@ -311,7 +379,7 @@ pub fn align(
                 };
                 // Paraphrases in line 1 of reference phrases of line 2.
                 for j in 0..n2 {
-                    for (len, words) in pt.paths(&l2, j) {
+                    for (len, words) in cache.paths(pt, &l2, &id2, j) {
                         for i in 0..n1 {
                             if occurs(&l1, i, &words) {
                                 let m = Match {
@@ -328,7 +396,7 @@ pub fn align(
                 }
                 // Paraphrases in line 2 of phrases of line 1.
                 for i in 0..n1 {
-                    for (len, words) in pt.paths(&l1, i) {
+                    for (len, words) in cache.paths(pt, &l1, &id1, i) {
                         for j in 0..n2 {
                             if occurs(&l2, j, &words) {
                                 let m = Match {
@@ -403,8 +471,9 @@ pub fn align(
 fn resolve(cand: &[Vec<Match>], fixed: &[Option<Match>], start: Path, weights: &[f64]) -> Path {
     let n = cand.len();
     let mut paths: Vec<Path> = vec![start];
+    let mut next: Vec<Candidate> = Vec::new();
     for current in 0..=n {
-        let mut next: Vec<Candidate> = Vec::new();
+        next.clear();
         for (pi, path) in paths.iter().enumerate().take(BEAM) {
             let mut sc = path.score;
             if current == n {

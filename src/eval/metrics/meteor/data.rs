@@ -346,6 +346,11 @@ impl ParaphraseTable {
         out
     }
 
+    /// Longest phrase, in words.
+    pub fn max_phrase_len(&self) -> usize {
+        self.max_len
+    }
+
     /// Number of phrases.
     pub fn n_phrases(&self) -> usize {
         self.phrase_off.n_u32().saturating_sub(1)
@@ -395,8 +400,7 @@ impl ParaphraseTable {
         }
     }
 
-    fn lower_bound(&self, key: &[u32]) -> usize {
-        let (mut lo, mut hi) = (0usize, self.n_phrases());
+    fn lower_bound_in(&self, key: &[u32], mut lo: usize, mut hi: usize) -> usize {
         while lo < hi {
             let mid = (lo + hi) / 2;
             if self.phrase_cmp(mid, key).0 == std::cmp::Ordering::Less {
@@ -408,27 +412,53 @@ impl ParaphraseTable {
         lo
     }
 
+    /// The block of phrases whose first word is `w` (a range of phrase indices).
+    pub fn first_word_block(&self, w: u32) -> (usize, usize) {
+        let n = self.n_phrases();
+        let lo = self.lower_bound_in(&[w], 0, n);
+        let hi = match w.checked_add(1) {
+            Some(w1) => self.lower_bound_in(&[w1], lo, n),
+            None => n,
+        };
+        (lo, hi)
+    }
+
     /// Paraphrases of the phrases starting at `words[start]`, as
     /// `(phrase length, paraphrase word ids)`, by increasing length and then
     /// in file order (the order of METEOR's transducer).
     pub fn paths(&self, words: &[i64], start: usize) -> Vec<(usize, Vec<u32>)> {
+        match words.get(start) {
+            Some(&w) if w >= 0 => self.paths_in(words, start, self.first_word_block(w as u32)),
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`ParaphraseTable::paths`] given the first word's block.
+    pub fn paths_in(
+        &self,
+        words: &[i64],
+        start: usize,
+        block: (usize, usize),
+    ) -> Vec<(usize, Vec<u32>)> {
         let b = &self.buf;
         let mut out = Vec::new();
         let mut key: Vec<u32> = Vec::new();
+        let (mut lo, hi) = block;
         for len in 1..=self.max_len.min(words.len().saturating_sub(start)) {
             let w = words[start + len - 1];
             if w < 0 {
                 break;
             }
             key.push(w as u32);
-            let pos = self.lower_bound(&key);
-            if pos >= self.n_phrases() {
+            let pos = self.lower_bound_in(&key, lo, hi);
+            if pos >= hi {
                 break;
             }
             let (ord, prefix) = self.phrase_cmp(pos, &key);
             if !prefix {
                 break;
             }
+            lo = pos;
             if ord == std::cmp::Ordering::Equal {
                 if let (Some(x), Some(y)) =
                     (self.group_off.u32(b, pos), self.group_off.u32(b, pos + 1))
