@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use hdpo::data::{DatasetFormat, LoadOptions, Split};
 use hdpo::encode::align::{
-    align_with_progress, AlignConfig, AlignPair, PairImage, PretrainedTowers,
+    align_with_progress, pairs_from_samples, AlignConfig, AlignPair, PairImage, PretrainedTowers,
 };
 use hdpo::encode::TextPooling;
 
@@ -17,7 +18,10 @@ pub struct AlignArgs {
     /// paths relative to the file's folder), or a folder holding `pairs.jsonl`.
     #[arg(long)]
     pub data: PathBuf,
-    /// Input format (`jsonl`; dataset formats are wired to the data loaders).
+    /// Input format: `jsonl` (the file above), or a dataset format
+    /// (vqa-rad, slake, r2gen, rule, phantom, phantom-report) whose train
+    /// split is read through the data loaders: reports pair with their
+    /// image; VQA-only data pairs each image with "question answer".
     #[arg(long, default_value = "jsonl")]
     pub format: String,
     /// Output encoder folder.
@@ -89,13 +93,31 @@ fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
 }
 
 pub fn run(args: AlignArgs) -> Result<()> {
-    if args.format != "jsonl" {
-        bail!(
-            "format {:?} is not wired to a loader yet; use --format jsonl with {{\"image\", \"text\"}} lines",
-            args.format
-        );
-    }
-    let pairs = read_pairs(&args.data)?;
+    let pairs = if args.format == "jsonl" {
+        read_pairs(&args.data)?
+    } else {
+        let format = <DatasetFormat as clap::ValueEnum>::from_str(&args.format, true)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "--format {:?}: expected jsonl, vqa-rad, slake, r2gen, rule, phantom or phantom-report",
+                    args.format
+                )
+            })?;
+        let opts = LoadOptions {
+            split: Some(Split::Train),
+            require_images: true,
+            ..LoadOptions::default()
+        };
+        let loaded = hdpo::data::load(format, &args.data, &opts)?;
+        let pairs = pairs_from_samples(&loaded.samples);
+        if pairs.is_empty() {
+            bail!(
+                "{}: no training samples with an image to align on",
+                args.data.display()
+            );
+        }
+        pairs
+    };
     let text_pooling = match args.text_pooling.as_str() {
         "mean" => TextPooling::Mean,
         "cls" => TextPooling::Cls,

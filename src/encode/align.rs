@@ -47,6 +47,40 @@ pub struct AlignPair {
     pub text: String,
 }
 
+/// Image-text alignment pairs from dataset samples: each report sample's
+/// primary image with its findings report (one pair per image); when the
+/// samples hold no reports (VQA-only data), each question-answer pair's image
+/// with `"{question} {answer}"`. Samples without an image are left out.
+pub fn pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<AlignPair> {
+    use crate::data::AnswerType;
+    let mut seen = std::collections::HashSet::new();
+    let reports: Vec<AlignPair> = samples
+        .iter()
+        .filter(|s| s.answer_type == AnswerType::Report)
+        .filter_map(|s| {
+            let img = s.images.first()?;
+            seen.insert(img.clone()).then(|| AlignPair {
+                image: PairImage::Path(img.clone()),
+                text: s.answer.clone(),
+            })
+        })
+        .collect();
+    if !reports.is_empty() {
+        return reports;
+    }
+    samples
+        .iter()
+        .filter_map(|s| {
+            Some(AlignPair {
+                image: PairImage::Path(s.images.first()?.clone()),
+                text: format!("{} {}", s.question.as_deref().unwrap_or(""), s.answer)
+                    .trim()
+                    .to_string(),
+            })
+        })
+        .collect()
+}
+
 /// The softmax temperature of InfoNCE.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
