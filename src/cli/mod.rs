@@ -5,6 +5,8 @@ use clap::{Parser, Subcommand};
 
 pub mod align;
 pub mod data;
+pub mod demo;
+pub mod experiment;
 pub mod model;
 pub mod phantom;
 pub mod progress;
@@ -39,6 +41,10 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into full weights.
     Merge(model::MergeArgs),
+    /// Run an experiment grid (paper Tables 1-5): results.json, tables.md, plots.
+    Experiment(experiment::ExperimentArgs),
+    /// The whole pipeline on the phantom benchmark in one command (phantom numbers).
+    Demo(demo::DemoArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -52,6 +58,8 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
         Command::Merge(a) => model::merge(a),
+        Command::Experiment(a) => experiment::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }
 

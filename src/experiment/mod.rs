@@ -1,0 +1,48 @@
+//! The paper's experiments end to end (section 4, Tables 1-5): the grid of
+//! methods x starting points (base / SFT) x ablations, the baselines, the
+//! on-disk cell cache, `results.json`, Markdown tables and PNG plots.
+//!
+//! ```text
+//! config ──> data (phantom or paths) ──> encoder ──> base model ──> SFT model
+//!                                                        │              │
+//!         cells: pairs (curation or baselines/) ──> preference training ──> predict
+//!                ──> metrics (all, subtle) + lesion-masking probe ──> cells/<key>/result.json
+//!         report: results.json, tables.md (Tables 1-5, probe), plots/*.png
+//! ```
+
+pub mod baselines;
+pub mod config;
+pub mod grid;
+pub mod pieces;
+pub mod pipeline;
+pub mod report;
+pub mod tiny;
+
+pub use config::ExperimentConfig;
+pub use grid::{Cell, CellCache, CellResult, Variant};
+
+/// The config of `hdpo demo`: the phantom default (every baseline, both
+/// starting points, the ablations of Tables 3-5), or with `quick` a smaller
+/// run with DPO and HDPO only, fewer samples and epochs, no ablations.
+pub fn demo_config(quick: bool) -> ExperimentConfig {
+    let mut c = ExperimentConfig::phantom();
+    c.name = "demo".into();
+    if quick {
+        c.name = "demo-quick".into();
+        c.data.train = 60;
+        c.data.test = 20;
+        c.data.max_train_per_dataset = 120;
+        c.data.max_test_per_dataset = 30;
+        c.encoder.epochs = 3;
+        c.model.pretrain_epochs = 2;
+        c.sft.epochs = 2;
+        c.preference.epochs = 1;
+        c.preference.max_pairs = 96;
+        c.eval.probe_max_samples = 12;
+        c.grid.methods = vec!["dpo".into(), "hdpo".into()];
+        c.grid.error_types = false;
+        c.grid.lambda_zero = false;
+        c.grid.heatmap_sources.clear();
+    }
+    c
+}
