@@ -4,12 +4,15 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 pub mod align;
+pub mod bench;
+pub mod curate;
 pub mod data;
 pub mod demo;
 pub mod experiment;
 pub mod model;
 pub mod phantom;
 pub mod progress;
+pub mod train;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.
 #[derive(Parser, Debug)]
@@ -30,6 +33,8 @@ pub enum Command {
     Phantom(phantom::PhantomArgs),
     /// Train a small dual encoder contrastively on image-text pairs (recall@1/@5 on held-out pairs).
     Align(align::AlignArgs),
+    /// Heatmap-guided preference curation: k*, misdiagnosis / false positive / false negative pairs, weight w.
+    Curate(curate::CurateArgs),
     /// Per-token and summed log-probs of a response under the model.
     Logprobs(model::LogprobsArgs),
     /// Generate an answer (greedy by default, KV cache, stops at EOS).
@@ -41,6 +46,15 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into full weights.
     Merge(model::MergeArgs),
+    /// Train LoRA adapters: HDPO (Eq. 13), DPO (Eq. 1) on pair files, or SFT on a dataset.
+    Train(Box<train::TrainArgs>),
+    /// Answer a dataset with greedy generation; writes the rows `hdpo eval` reads.
+    Predict(train::PredictArgs),
+    /// Throughput benchmarks.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
     /// Run an experiment grid (paper Tables 1-5): results.json, tables.md, plots.
     Experiment(experiment::ExperimentArgs),
     /// The whole pipeline on the phantom benchmark in one command (phantom numbers).
@@ -54,10 +68,14 @@ pub fn run() -> Result<()> {
         Command::Data(a) => data::run(a),
         Command::Phantom(a) => phantom::run(a),
         Command::Align(a) => align::run(a),
+        Command::Curate(a) => curate::run(a),
         Command::Logprobs(a) => model::logprobs(a),
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
         Command::Merge(a) => model::merge(a),
+        Command::Train(a) => train::train(*a),
+        Command::Predict(a) => train::predict(a),
+        Command::Bench { cmd } => bench::run(cmd),
         Command::Experiment(a) => experiment::run(a),
         Command::Demo(a) => demo::run(a),
     }

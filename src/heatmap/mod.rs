@@ -2,6 +2,7 @@
 //! their file formats, heatmap sources, patch pooling and normalisation, and
 //! the salient region Ω*.
 
+pub mod file;
 pub mod gradcam;
 pub mod io;
 pub mod mask;
@@ -10,6 +11,7 @@ pub mod region;
 pub mod resize;
 pub mod rollout;
 pub mod source;
+pub mod uniform;
 
 pub use source::{HeatmapSource, SampleView};
 

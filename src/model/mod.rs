@@ -10,6 +10,8 @@
 //! - [`lora`]: PEFT-compatible adapters; [`merge`]: `hdpo merge`
 //! - [`template`]: tokenizer and chat templates; [`generate`]: KV-cache generation
 //! - [`info`]: `hdpo model info`; [`bench`]: throughput; [`image`]: temporary preprocessing
+//! - [`policy`]: [`LlavaPolicy`], the trainer's view of the model (DPO/HDPO/SFT)
+//! - [`predict`]: greedy answers for a dataset (`hdpo predict`)
 //!
 //! Trainer use (DPO reference = same model with adapters off):
 //! ```no_run
@@ -36,6 +38,8 @@ pub mod lora;
 pub mod merge;
 pub mod nn;
 pub mod ops;
+pub mod policy;
+pub mod predict;
 pub mod template;
 pub mod vision;
 
@@ -44,4 +48,6 @@ pub use generate::GenerateOptions;
 pub use llava::{parse_device, parse_dtype, sequence_logprobs, Batch, LlavaModel, LoadOptions};
 pub use lora::{LoraConfig, TargetModules};
 pub use nn::Fwd;
+pub use policy::LlavaPolicy;
+pub use predict::{predict_samples, predict_to_file, PredictOptions, PredictionRow};
 pub use template::{ChatTemplate, EncodedSequence, TextTokenizer};

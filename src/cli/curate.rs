@@ -1,0 +1,144 @@
+//! `hdpo curate`: heatmap-guided preference curation (argument parsing and
+//! progress display only; the work is `hdpo::curate::run`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use hdpo::curate::run::{heatmap_source_from_spec, parse_shard, run_with_progress};
+use hdpo::curate::{export_rule, CurateConfig, Fill, PairKind, Vocabulary};
+use hdpo::data::{DatasetFormat, LoadOptions, Split};
+use hdpo::encode::DualEncoder;
+use hdpo::heatmap::region::Threshold;
+
+/// Arguments of `hdpo curate`.
+#[derive(Args, Debug)]
+pub struct CurateArgs {
+    /// The dataset folder (or its main file).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Dataset format.
+    #[arg(long, value_enum)]
+    pub format: DatasetFormat,
+    /// Heatmap source: file[:DIR] (DAug {id}_{class}.npy; default DATA/heatmaps),
+    /// mask[:SIGMA], gradcam, attention, uniform (ablation baseline).
+    #[arg(long)]
+    pub heatmaps: String,
+    /// The dual encoder folder (CLIPModel or `hdpo align` output).
+    #[arg(long)]
+    pub encoder: PathBuf,
+    /// Output pair file (JSON Lines); images go to `images/` beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Pair kinds, comma-separated.
+    #[arg(long, default_value = "mis,fp,fn_neutral,fn_delete")]
+    pub kinds: String,
+    /// λ of Eq. 11 (0 = plain DPO weights).
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Curate the i-th (0-based) of n contiguous blocks, e.g. 0/4 .. 3/4.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Write a preview sheet for the first N pairs (to `preview/` beside the output).
+    #[arg(long, default_value_t = 0)]
+    pub preview: usize,
+    /// Also write the pairs in the RULE / MMedPO layout to this file (beside --out).
+    #[arg(long)]
+    pub rule_out: Option<PathBuf>,
+    /// Split to curate: train, val, test or all.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// A vocabulary file (`term<TAB>category[<TAB>concept]`) replacing the default.
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
+    /// How the false-positive image fills the salient region: zero, mean, blur[:SIGMA].
+    #[arg(long, default_value = "zero")]
+    pub fill: String,
+    /// Salient-region threshold as a fraction of the heatmap's maximum.
+    #[arg(long, default_value_t = 0.5, conflicts_with = "top_quantile")]
+    pub threshold: f32,
+    /// Salient region: the top share q of the pixels instead of a fraction of the maximum.
+    #[arg(long)]
+    pub top_quantile: Option<f32>,
+    /// Dilation of the salient region in pixels.
+    #[arg(long, default_value_t = 2)]
+    pub dilate: usize,
+}
+
+pub fn run(a: CurateArgs) -> Result<()> {
+    let split = match a.split.as_str() {
+        "all" => None,
+        "train" => Some(Split::Train),
+        "val" => Some(Split::Val),
+        "test" => Some(Split::Test),
+        other => bail!("--split {other:?}: expected train, val, test or all"),
+    };
+    let loaded = hdpo::data::load(
+        a.format,
+        &a.data,
+        &LoadOptions {
+            split,
+            skip_bad: true,
+            ..LoadOptions::default()
+        },
+    )?;
+    if !loaded.skipped.is_empty() {
+        eprintln!(
+            "{} bad dataset records skipped (first: {})",
+            loaded.skipped.len(),
+            loaded.skipped[0]
+        );
+    }
+    let encoder = Arc::new(
+        DualEncoder::load(&a.encoder, &hdpo::encode::LoadOptions::default())
+            .with_context(|| format!("loading the encoder {}", a.encoder.display()))?,
+    );
+    let source = heatmap_source_from_spec(&a.heatmaps, &a.data, &encoder)?;
+    let mut cfg = CurateConfig {
+        kinds: PairKind::parse_list(&a.kinds)?,
+        lambda: a.lambda,
+        seed: a.seed,
+        shard: a.shard.as_deref().map(parse_shard).transpose()?,
+        fill: a.fill.parse::<Fill>()?,
+        preview: a.preview,
+        data_root: Some(if a.data.is_dir() {
+            a.data.clone()
+        } else {
+            a.data.parent().map(PathBuf::from).unwrap_or_default()
+        }),
+        ..CurateConfig::default()
+    };
+    if let Some(v) = &a.vocab {
+        cfg.vocab = Vocabulary::from_file(v)?;
+    }
+    cfg.region.threshold = match a.top_quantile {
+        Some(q) => Threshold::TopQuantile(q),
+        None => Threshold::FractionOfMax(a.threshold),
+    };
+    cfg.region.dilate_px = a.dilate;
+    let samples = loaded.samples;
+    let n = hdpo::curate::run::shard_range(samples.len(), cfg.shard).len();
+    let bar = crate::cli::progress::bar(n as u64, "curate");
+    let summary = run_with_progress(
+        &cfg,
+        &samples,
+        &encoder,
+        source.as_ref(),
+        &a.out,
+        &mut |d, _| bar.set_position(d as u64),
+    )?;
+    bar.finish_and_clear();
+    let summary_path = PathBuf::from(format!("{}.summary.json", a.out.display()));
+    hdpo::util::fsio::write_json_atomic(&summary_path, &summary)?;
+    print!("{summary}");
+    println!("  summary: {}", summary_path.display());
+    if let Some(r) = &a.rule_out {
+        let n = export_rule(&a.out, r)?;
+        println!("  {n} pairs in the RULE / MMedPO layout: {}", r.display());
+    }
+    Ok(())
+}

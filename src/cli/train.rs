@@ -1,0 +1,507 @@
+//! `hdpo train hdpo|dpo|sft` and `hdpo predict`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use hdpo::data::{self, DatasetFormat, Split};
+use hdpo::model::info::human_bytes;
+use hdpo::model::policy::{read_preference_pairs, sft_examples, LlavaPolicy};
+use hdpo::model::{
+    parse_device, parse_dtype, predict_to_file, ChatTemplate, LlavaModel, LoadOptions, LoraConfig,
+    PredictOptions, TargetModules, TextTokenizer,
+};
+use hdpo::train::config::{PreferenceConfig, SftConfig};
+use hdpo::train::{loss_by_name, preference, sft};
+
+/// What to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TrainKind {
+    /// HDPO (paper Eq. 13): DPO weighted per pair by w.
+    Hdpo,
+    /// DPO (paper Eq. 1): every pair weighs 1.
+    Dpo,
+    /// Supervised fine-tuning on (question, answer, image) samples.
+    Sft,
+}
+
+/// `hdpo train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// hdpo, dpo or sft.
+    #[arg(value_enum)]
+    pub kind: TrainKind,
+    /// Model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Start from this PEFT adapter (else fresh LoRA from --lora-*).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Pair file (hdpo JSONL or RULE layout; hdpo/dpo).
+    #[arg(long)]
+    pub pairs: Option<PathBuf>,
+    /// Dataset folder (sft).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Dataset format (sft; detected when omitted).
+    #[arg(long, value_enum)]
+    pub format: Option<DatasetFormat>,
+    /// Dataset split (sft).
+    #[arg(long, value_enum, default_value = "train")]
+    pub split: Split,
+    /// Chat template: llava_plain, mistral_instruct, vicuna_v1.
+    #[arg(long)]
+    pub template: String,
+    /// Run folder (logs, checkpoints, reference log-probs, adapter/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Preset: paper or phantom (hdpo/dpo); lora or phantom (sft).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML or JSON config file (PreferenceConfig / SftConfig) instead of a preset.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// α of Eq. 1 / 13 (TRL's beta).
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub micro_batch_size: Option<usize>,
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Seed of the data order, LoRA init and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop after this many optimiser steps in total (as if killed; resume later).
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Compute the loss and LoRA gradients of one batch of all pairs; print JSON; update nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// LoRA rank of a fresh adapter.
+    #[arg(long, default_value_t = 8)]
+    pub lora_r: usize,
+    /// LoRA alpha of a fresh adapter.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub lora_dropout: f32,
+    /// Target modules of a fresh adapter: a regex (PEFT full match).
+    #[arg(long, default_value = DEFAULT_TARGETS)]
+    pub lora_targets: String,
+    /// Skip (and count) pairs or samples longer than the context instead of failing.
+    #[arg(long)]
+    pub skip_long: bool,
+    /// Refuse sequences longer than this (default: the model's context).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// At most this many SFT samples (the first N).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, bf16, f16 or f64.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// LoRA on every linear layer of the language model (LLaVA's SFT recipe).
+pub const DEFAULT_TARGETS: &str =
+    ".*language_model.*\\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)";
+
+fn load_model(
+    model: &Path,
+    adapter: Option<&Path>,
+    device: &str,
+    dtype: Option<&str>,
+) -> Result<(LlavaModel, TextTokenizer)> {
+    let opts = LoadOptions {
+        device: parse_device(device)?,
+        dtype: dtype.map(parse_dtype).transpose()?,
+    };
+    let mut m = LlavaModel::load(model, &opts)?;
+    if let Some(a) = adapter {
+        m.load_adapter(a)
+            .with_context(|| format!("cannot load the adapter {}", a.display()))?;
+    }
+    let tok = TextTokenizer::from_dir(model, &m.config)?;
+    Ok((m, tok))
+}
+
+fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().and_then(|e| e.to_str()) == Some("json") {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid config", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not a valid config", path.display()))
+    }
+}
+
+fn apply_run(
+    a: &TrainArgs,
+    run: &mut hdpo::train::RunConfig,
+    optim: &mut hdpo::train::OptimConfig,
+) {
+    if let Some(x) = a.lr {
+        optim.learning_rate = x;
+    }
+    if let Some(x) = a.epochs {
+        run.epochs = x;
+    }
+    if let Some(x) = a.batch_size {
+        run.batch_size = x;
+        run.micro_batch_size = run.micro_batch_size.min(x);
+    }
+    if let Some(x) = a.micro_batch_size {
+        run.micro_batch_size = x;
+    }
+    if let Some(x) = a.checkpoint_every {
+        run.checkpoint_every = x;
+    }
+    if let Some(x) = a.seed {
+        run.seed = x;
+    }
+    run.resume = a.resume;
+    run.halt_after_steps = a.max_steps;
+}
+
+fn add_fresh_lora(m: &mut LlavaModel, a: &TrainArgs, seed: u64) -> Result<()> {
+    if a.adapter.is_some() {
+        return Ok(());
+    }
+    let mut cfg = LoraConfig::new(
+        a.lora_r,
+        a.lora_alpha,
+        TargetModules::Regex(a.lora_targets.clone()),
+    );
+    cfg.lora_dropout = a.lora_dropout;
+    let n = m.add_lora(cfg, seed)?;
+    tracing::info!(
+        "fresh LoRA r={} alpha={} on {n} modules",
+        a.lora_r,
+        a.lora_alpha
+    );
+    Ok(())
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    match a.kind {
+        TrainKind::Sft => train_sft(a),
+        TrainKind::Hdpo | TrainKind::Dpo => train_pref(a),
+    }
+}
+
+fn summary_line(
+    out: &Path,
+    steps: u64,
+    total: u64,
+    halted: bool,
+    secs: f64,
+    peak: Option<u64>,
+    adapter: Option<&Path>,
+) {
+    eprintln!(
+        "{} {steps}/{total} steps in {secs:.1} s; peak memory {}; run folder {}{}",
+        if halted { "halted after" } else { "finished" },
+        peak.map(human_bytes).unwrap_or_else(|| "unknown".into()),
+        out.display(),
+        adapter
+            .map(|p| format!("; adapter {}", p.display()))
+            .unwrap_or_default()
+    );
+}
+
+/// Refuse to start a fresh run over an earlier one before anything is written.
+fn check_run_dir(out: &Path, resume: bool) -> Result<()> {
+    if !resume {
+        if let Some(dir) = hdpo::train::checkpoint::latest(&out.join("checkpoints"))? {
+            bail!(
+                "{} already holds a checkpoint ({}); pass --resume to continue it or choose \
+                 another output folder",
+                out.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn train_pref(a: TrainArgs) -> Result<()> {
+    let pairs_path = a
+        .pairs
+        .clone()
+        .context("hdpo/dpo training needs --pairs PAIRS.jsonl")?;
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(_), Some(_)) => bail!("pass --config or --preset, not both"),
+        (Some(p), None) => read_config::<PreferenceConfig>(p)?,
+        (None, Some(p)) => PreferenceConfig::preset(p)?,
+        (None, None) => PreferenceConfig::paper(),
+    };
+    cfg.loss = match a.kind {
+        TrainKind::Dpo => "dpo".into(),
+        _ => "hdpo".into(),
+    };
+    if let Some(x) = a.alpha {
+        cfg.alpha = x;
+    }
+    apply_run(&a, &mut cfg.run, &mut cfg.optim);
+    cfg.validate()?;
+    let template = ChatTemplate::from_name(&a.template)?;
+    let mut pairs = read_preference_pairs(&pairs_path)?;
+    let (mut model, tok) = load_model(
+        &a.model,
+        a.adapter.as_deref(),
+        &a.device,
+        a.dtype.as_deref(),
+    )?;
+    add_fresh_lora(&mut model, &a, cfg.run.seed)?;
+    let mut policy = LlavaPolicy::new(&model, &tok, template)?
+        .with_dropout_seed((a.lora_dropout > 0.0).then_some(cfg.run.seed));
+    if let Some(n) = a.max_len {
+        policy = policy.with_max_len(n);
+    }
+    let check = policy.check_pairs(&pairs_path.display().to_string(), &pairs)?;
+    if !check.too_long.is_empty() {
+        if a.skip_long {
+            for m in &check.too_long {
+                tracing::warn!("skipped: {m}");
+            }
+            eprintln!(
+                "skipped {} of {} pairs longer than the context ({} tokens)",
+                check.too_long.len(),
+                pairs.len(),
+                policy.max_len()
+            );
+            pairs = check.kept.iter().map(|&i| pairs[i].clone()).collect();
+        } else {
+            bail!(
+                "{} of {} pairs exceed the context length ({} tokens); pass --skip-long to skip \
+                 them. First: {}",
+                check.too_long.len(),
+                pairs.len(),
+                policy.max_len(),
+                check.too_long[0]
+            );
+        }
+    }
+    let loss = loss_by_name(&cfg.loss, cfg.alpha)?;
+    if a.dry_run {
+        let d = preference::dry_run(&policy, &pairs, loss.as_ref())?;
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(());
+    }
+    let out = a.out.clone().context("training needs --out RUN_DIR")?;
+    check_run_dir(&out, a.resume)?;
+    std::fs::create_dir_all(&out)?;
+    hdpo::util::fsio::write_json_atomic(&out.join("config.json"), &cfg)?;
+    let s = preference::train(&policy, &pairs, loss.as_ref(), &cfg, &out)?;
+    let adapter = if s.run.halted {
+        None
+    } else {
+        let dir = out.join("adapter");
+        model.save_adapter(&dir)?;
+        Some(dir)
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    }
+    summary_line(
+        &out,
+        s.run.steps,
+        s.run.total_steps,
+        s.run.halted,
+        s.run.elapsed_s,
+        s.run.peak_rss_bytes,
+        adapter.as_deref(),
+    );
+    Ok(())
+}
+
+fn train_sft(a: TrainArgs) -> Result<()> {
+    let data_dir = a
+        .data
+        .clone()
+        .context("sft needs --data DIR [--format F]")?;
+    ensure!(!a.dry_run, "--dry-run is for hdpo/dpo");
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(_), Some(_)) => bail!("pass --config or --preset, not both"),
+        (Some(p), None) => read_config::<SftConfig>(p)?,
+        (None, Some(p)) => SftConfig::preset(p)?,
+        (None, None) => SftConfig::lora(),
+    };
+    apply_run(&a, &mut cfg.run, &mut cfg.optim);
+    cfg.validate()?;
+    let template = ChatTemplate::from_name(&a.template)?;
+    let format = match a.format {
+        Some(f) => f,
+        None => data::detect_format(&data_dir)?,
+    };
+    let loaded = data::load(
+        format,
+        &data_dir,
+        &data::LoadOptions {
+            split: Some(a.split),
+            require_images: true,
+            ..Default::default()
+        },
+    )?;
+    let mut samples = loaded.samples;
+    if let Some(n) = a.limit {
+        samples.truncate(n);
+    }
+    ensure!(
+        !samples.is_empty(),
+        "{}: no {} samples in split {}",
+        data_dir.display(),
+        format,
+        a.split
+    );
+    let mut examples = sft_examples(&samples)?;
+    let (mut model, tok) = load_model(
+        &a.model,
+        a.adapter.as_deref(),
+        &a.device,
+        a.dtype.as_deref(),
+    )?;
+    add_fresh_lora(&mut model, &a, cfg.run.seed)?;
+    let mut policy = LlavaPolicy::new(&model, &tok, template)?
+        .with_dropout_seed((a.lora_dropout > 0.0).then_some(cfg.run.seed));
+    if let Some(n) = a.max_len {
+        policy = policy.with_max_len(n);
+    }
+    let mut long = Vec::new();
+    examples.retain(|e| match policy.encode(&e.item) {
+        Ok(_) => true,
+        Err(err) => {
+            long.push(format!("sample '{}': {err:#}", e.id));
+            false
+        }
+    });
+    if !long.is_empty() {
+        ensure!(
+            a.skip_long,
+            "{} samples exceed the context length; pass --skip-long to skip them. First: {}",
+            long.len(),
+            long[0]
+        );
+        eprintln!("skipped {} samples longer than the context", long.len());
+    }
+    let out = a.out.clone().context("training needs --out RUN_DIR")?;
+    check_run_dir(&out, a.resume)?;
+    std::fs::create_dir_all(&out)?;
+    hdpo::util::fsio::write_json_atomic(&out.join("config.json"), &cfg)?;
+    let s = sft::train(&policy, &examples, &cfg, &out)?;
+    let adapter = if s.run.halted {
+        None
+    } else {
+        let dir = out.join("adapter");
+        model.save_adapter(&dir)?;
+        Some(dir)
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    }
+    summary_line(
+        &out,
+        s.run.steps,
+        s.run.total_steps,
+        s.run.halted,
+        s.run.elapsed_s,
+        s.run.peak_rss_bytes,
+        adapter.as_deref(),
+    );
+    Ok(())
+}
+
+/// `hdpo predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Dataset folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Dataset format (detected when omitted).
+    #[arg(long, value_enum)]
+    pub format: Option<DatasetFormat>,
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    #[arg(long)]
+    pub template: String,
+    /// Output JSON Lines file (rows: id, question, reference, prediction, answer_type).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// At most this many samples (the first N).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let template = ChatTemplate::from_name(&a.template)?;
+    let format = match a.format {
+        Some(f) => f,
+        None => data::detect_format(&a.data)?,
+    };
+    let loaded = data::load(
+        format,
+        &a.data,
+        &data::LoadOptions {
+            split: Some(a.split),
+            require_images: true,
+            ..Default::default()
+        },
+    )?;
+    let mut samples = loaded.samples;
+    if let Some(n) = a.limit {
+        samples.truncate(n);
+    }
+    ensure!(
+        !samples.is_empty(),
+        "{}: no {} samples in split {}",
+        a.data.display(),
+        format,
+        a.split
+    );
+    let (model, tok) = load_model(
+        &a.model,
+        a.adapter.as_deref(),
+        &a.device,
+        a.dtype.as_deref(),
+    )?;
+    let opts = PredictOptions {
+        max_new_tokens: a.max_new_tokens,
+        adapters: a.adapter.is_some(),
+        preprocess: None,
+        progress: true,
+    };
+    let s = predict_to_file(&model, &tok, template, &samples, &opts, &a.out)?;
+    eprintln!(
+        "{}",
+        json!({"out": s.out, "n": s.n, "resumed": s.resumed, "seconds": s.seconds})
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The heatmap alignment score (paper 3.2, Eq. 11):
+//! w = 1 + λ · max_{k_j ∈ Δ(y+, y−)} cos(v, f_t(k_j)), with v the
+//! heatmap-weighted embedding of x+ (Eq. 3) and Δ the differential keywords
+//! of the pair (DESIGN.md section 2: mis {k*, k̃}; fn_neutral {k*, "no
+//! abnormalities"}; fn_delete {k*}; fp {k*}).
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use super::keyword::text_cosines;
+use crate::encode::DualEncoder;
+
+/// The default λ of Eq. 11 (λ = 0 gives plain DPO weights of 1).
+pub const DEFAULT_LAMBDA: f64 = 1.0;
+
+/// Eq. 11 from the cosines of Δ's keywords: `1 + λ · max(cos)`.
+/// Errors when Δ is empty or a cosine is not finite.
+pub fn weight_from_cosines(lambda: f64, cosines: &[f64]) -> Result<f64> {
+    if !lambda.is_finite() {
+        bail!("λ = {lambda} is not finite");
+    }
+    let Some(max) = cosines.iter().copied().reduce(f64::max) else {
+        bail!("the differential keyword set Δ is empty");
+    };
+    if !cosines.iter().all(|c| c.is_finite()) {
+        bail!("a cosine of Δ is not finite: {cosines:?}");
+    }
+    if lambda == 0.0 {
+        return Ok(1.0);
+    }
+    Ok(1.0 + lambda * max)
+}
+
+/// Eq. 11 end to end: the cosines of v with each keyword of Δ, and w.
+pub fn pair_weight(
+    enc: &DualEncoder,
+    v: &Tensor,
+    delta: &[String],
+    lambda: f64,
+) -> Result<(f64, Vec<f64>)> {
+    let texts: Vec<&str> = delta.iter().map(String::as_str).collect();
+    let cos = text_cosines(enc, v, &texts)?;
+    Ok((weight_from_cosines(lambda, &cos)?, cos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eq11_weights() {
+        assert_eq!(weight_from_cosines(1.0, &[0.2, 0.5]).unwrap(), 1.5);
+        assert_eq!(weight_from_cosines(2.0, &[-0.25]).unwrap(), 0.5);
+        assert_eq!(weight_from_cosines(0.0, &[0.9, -0.3]).unwrap(), 1.0);
+        assert!(weight_from_cosines(1.0, &[]).is_err());
+        assert!(weight_from_cosines(1.0, &[f64::NAN]).is_err());
+        assert!(weight_from_cosines(f64::INFINITY, &[0.1]).is_err());
+    }
+}
