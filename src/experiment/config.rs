@@ -145,6 +145,10 @@ pub struct PreferenceStage {
     pub alpha: f64,
     /// At most this many pairs per cell (a seeded subset; 0 = all).
     pub max_pairs: usize,
+    /// The self-generating baselines (Self-Rewarding, SIMA, STLLaVA-Med,
+    /// FiSAO, POVID's image pairs) sample the model on at most this many
+    /// training samples (a seeded subset; 0 = all).
+    pub max_generate_samples: usize,
 }
 
 /// Curation (paper 3.1-3.2).
@@ -273,6 +277,7 @@ impl Default for PreferenceStage {
             learning_rate: 5e-4,
             alpha: crate::train::losses::DEFAULT_ALPHA,
             max_pairs: 0,
+            max_generate_samples: 0,
         }
     }
 }

@@ -29,16 +29,15 @@ pub fn demo_config(quick: bool) -> ExperimentConfig {
     c.name = "demo".into();
     if quick {
         c.name = "demo-quick".into();
-        c.data.train = 60;
-        c.data.test = 20;
-        c.data.max_train_per_dataset = 120;
-        c.data.max_test_per_dataset = 30;
-        c.encoder.epochs = 3;
-        c.model.pretrain_epochs = 2;
-        c.sft.epochs = 2;
-        c.preference.epochs = 1;
-        c.preference.max_pairs = 96;
-        c.eval.probe_max_samples = 12;
+        c.data.train = 50;
+        c.data.test = 16;
+        c.data.max_train_per_dataset = 100;
+        c.data.max_test_per_dataset = 24;
+        c.encoder.epochs = 4;
+        c.model.pretrain_epochs = 3;
+        c.sft.epochs = 1;
+        c.preference.max_pairs = 64;
+        c.eval.probe_max_samples = 8;
         c.grid.methods = vec!["dpo".into(), "hdpo".into()];
         c.grid.error_types = false;
         c.grid.lambda_zero = false;

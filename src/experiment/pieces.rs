@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use candle_core::{Tensor, Var};
@@ -289,20 +289,74 @@ pub fn score(
     anyhow::bail!("metrics are not wired yet (waiting for eval::metrics)")
 }
 
-/// Curate HDPO pairs (paper 3.1-3.2) into `dir` with heatmap source `source`.
+/// Curate HDPO pairs (paper 3.1-3.2, Eq. 3-12) with `curate::run` into
+/// `dir`: one pair file per dataset (`<dataset>.jsonl`), each with the
+/// dataset's own root and heatmap folder; `source` is `file`, `mask`,
+/// `gradcam` or `attention`.
 pub fn curate(
-    _cfg: &ExperimentConfig,
-    _samples: &[Sample],
-    _datasets: &[DatasetData],
-    _encoder: &DualEncoder,
-    _source: &str,
-    _dir: &Path,
+    cfg: &ExperimentConfig,
+    datasets: &[DatasetData],
+    encoder: &Arc<DualEncoder>,
+    source: &str,
+    dir: &Path,
 ) -> Result<()> {
-    anyhow::bail!("curation is not wired yet (waiting for curate::run)")
+    for d in datasets {
+        let spec = match (source, &d.heatmaps) {
+            ("file", Some(h)) => format!("file:{}", h.display()),
+            ("file", None) => anyhow::bail!(
+                "dataset '{}' has no heatmap folder for the `file` heatmap source (set data.datasets.heatmaps)",
+                d.spec.label
+            ),
+            (other, _) => other.to_string(),
+        };
+        let heatmaps = crate::curate::run::heatmap_source_from_spec(&spec, &d.root, encoder)?;
+        let ccfg = crate::curate::CurateConfig {
+            lambda: cfg.curation.lambda,
+            seed: cfg.seed,
+            data_root: Some(d.root.clone()),
+            ..Default::default()
+        };
+        let out = dir.join(format!("{}.jsonl", slug(&d.spec.label)));
+        let summary = crate::curate::run(&ccfg, &d.train, encoder, heatmaps.as_ref(), &out)
+            .with_context(|| {
+                format!(
+                    "curating dataset '{}' with heatmap source {source}",
+                    d.spec.label
+                )
+            })?;
+        crate::util::fsio::write_json_atomic(
+            &dir.join(format!("{}.summary.json", slug(&d.spec.label))),
+            &summary,
+        )?;
+    }
+    Ok(())
 }
 
-/// The pairs [`curate`] wrote into `dir`.
+/// A file-name-safe form of a label.
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The pairs [`curate`] wrote into `dir` (every `*.jsonl`, sorted), images
+/// resolved under the pair file's folder.
 pub fn read_curated(dir: &Path) -> Result<Vec<PreferencePair>> {
-    let _ = dir;
-    anyhow::bail!("curation is not wired yet (waiting for curate::run)")
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(crate::model::policy::read_preference_pairs(&f)?);
+    }
+    Ok(out)
 }

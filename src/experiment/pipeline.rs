@@ -61,6 +61,8 @@ pub struct DatasetData {
     pub spec: DatasetSpec,
     pub train: Vec<Sample>,
     pub test: Vec<Sample>,
+    /// The dataset's folder (image paths in pair files are relative to it).
+    pub root: PathBuf,
     /// DAug-style heatmap folder (`{id}_{class}.npy`), when there is one.
     pub heatmaps: Option<PathBuf>,
 }
@@ -370,6 +372,7 @@ fn prepare_data(cfg: &ExperimentConfig, run_dir: &Path) -> Result<Vec<DatasetDat
                 },
                 train,
                 test,
+                root: dir.clone(),
                 heatmaps: Some(dir.join("heatmaps")),
             });
         }
@@ -398,6 +401,11 @@ fn prepare_data(cfg: &ExperimentConfig, run_dir: &Path) -> Result<Vec<DatasetDat
                 },
                 train,
                 test,
+                root: if d.path.is_dir() {
+                    d.path.clone()
+                } else {
+                    d.path.parent().map(Path::to_path_buf).unwrap_or_default()
+                },
                 heatmaps: d.heatmaps.clone(),
             });
         }
@@ -513,8 +521,11 @@ fn lora_config(cfg: &ExperimentConfig) -> LoraConfig {
     let mut l = LoraConfig::new(
         cfg.model.lora_r,
         cfg.model.lora_alpha,
+        // The decoder's projections and the multimodal projector, so that SFT
+        // and preference training can change how the image is read.
         TargetModules::Regex(
-            r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)".into(),
+            r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)|multi_modal_projector\.linear_[12])"
+                .into(),
         ),
     );
     l.task_type = Some("CAUSAL_LM".into());
@@ -792,8 +803,7 @@ fn curated(p: &Prepared, source: &str) -> Result<Vec<PreferencePair>> {
     let dir = p.run_dir.join("pairs").join(format!("hdpo-{source}"));
     let key = format!("{}:{source}", p.cfg.fingerprint());
     if !stage_done(&dir, &key) {
-        let train = all_train(&p.datasets);
-        pieces::curate(p.cfg, &train, &p.datasets, &p.encoder, source, &dir)?;
+        pieces::curate(p.cfg, &p.datasets, &p.encoder, source, &dir)?;
         mark_done(&dir, &key)?;
     }
     pieces::read_curated(&dir)
@@ -836,10 +846,11 @@ fn pairs_for(
     std::fs::create_dir_all(&dir)?;
     let train = all_train(&p.datasets);
     // Self-generating builders sample the model: cap the samples first so the cost stays bounded.
-    let train: Vec<Sample> = if builder.needs_model() && p.cfg.preference.max_pairs > 0 {
+    let cap = p.cfg.preference.max_generate_samples;
+    let train: Vec<Sample> = if builder.needs_model() && cap > 0 && train.len() > cap {
         let mut t = train;
         t.shuffle(&mut rng_for(p.cfg.seed, &format!("baseline-samples/{m}")));
-        t.truncate(p.cfg.preference.max_pairs);
+        t.truncate(cap);
         t
     } else {
         train
@@ -851,7 +862,7 @@ fn pairs_for(
         vocabulary: &p.vocabulary,
         responder: Some(view),
         scorer: Some(&scorer),
-        samples_per_prompt: 4,
+        samples_per_prompt: 3,
         temperature: 1.0,
     };
     let records = builder.build(&ctx, &train)?;

@@ -150,10 +150,21 @@ pub fn make_trainable(model: &mut LlavaModel) -> Result<Vec<(String, Var)>> {
         vars.push((name, v));
         Ok(())
     };
+    // Vision layers after the feature layer (`vision_feature_layer = -2`
+    // skips the last one) never reach the loss: they stay frozen.
+    let used_layers = model.config.feature_layer_index()?;
+    let vision_used = |name: &str| -> bool {
+        name.split("layers.")
+            .nth(1)
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_none_or(|i| i < used_layers)
+    };
     for lin in model
         .vision
         .linears_mut()
         .into_iter()
+        .filter(|l| vision_used(&l.name))
         .chain(model.projector.linears_mut())
         .chain(model.decoder.linears_mut())
     {
