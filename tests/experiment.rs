@@ -448,3 +448,73 @@ fn every_baseline_builds_valid_pairs() {
     }
     assert!(baselines::by_name("nope").is_err());
 }
+
+// ---------------------------------------------------------------- end to end
+
+/// A micro config: every stage, every table, in seconds.
+fn micro_config() -> ExperimentConfig {
+    let mut c = ExperimentConfig::phantom();
+    c.name = "micro".into();
+    c.data.train = 10;
+    c.data.test = 4;
+    c.data.size = 32;
+    c.data.max_train_per_dataset = 16;
+    c.data.max_test_per_dataset = 6;
+    c.encoder.epochs = 1;
+    c.encoder.batch_size = 8;
+    c.model.pretrain_epochs = 1;
+    c.sft.epochs = 1;
+    c.preference.max_pairs = 6;
+    c.preference.max_generate_samples = 3;
+    c.eval.max_new_tokens = 6;
+    c.eval.probe_max_samples = 2;
+    c.grid.methods = vec!["hdpo".into(), "mdpo".into()];
+    c.grid.heatmap_sources = vec!["mask".into()];
+    c
+}
+
+#[test]
+fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = micro_config();
+    let quiet = hdpo::experiment::pipeline::LogProgress;
+    let first = hdpo::experiment::pipeline::run(&cfg, dir.path(), &quiet).unwrap();
+    let n_cells = grid::cells(&cfg).len();
+    assert_eq!(first.record.cells_computed.len(), n_cells);
+    assert_eq!(first.results.len(), n_cells);
+    // Every cell measured every table metric of both datasets on the full test split.
+    for r in &first.results {
+        for d in &first.datasets {
+            let row = r
+                .rows
+                .iter()
+                .find(|x| x.dataset == d.label && x.subset == "all")
+                .unwrap_or_else(|| panic!("{}: no row for {}", r.cell.key(), d.label));
+            for m in d.task.table_metrics() {
+                let v = row.metrics[*m];
+                assert!((0.0..=1.0).contains(&v), "{} {} {m} = {v}", r.cell.key(), d.label);
+            }
+            assert!(row.metrics.contains_key(report::PROBE));
+        }
+        if r.cell.is_preference() {
+            assert!(r.n_train > 0 && !r.curve.is_empty(), "{}", r.cell.key());
+        }
+    }
+    let md = std::fs::read_to_string(dir.path().join("tables.md")).unwrap();
+    for t in ["Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "PHANTOM NUMBERS"] {
+        assert!(md.contains(t), "tables.md lacks {t}");
+    }
+    assert!(dir.path().join("plots/training_curves.png").is_file());
+    assert!(dir.path().join("plots/metric_closed.png").is_file());
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["seed"], 0);
+    assert_eq!(run["crate_version"], env!("CARGO_PKG_VERSION"));
+    assert!(dir.path().join("config.toml").is_file());
+
+    // The rerun reuses every stage and cell and reports the same numbers.
+    let second = hdpo::experiment::pipeline::run(&cfg, dir.path(), &quiet).unwrap();
+    assert!(second.record.cells_computed.is_empty());
+    assert_eq!(second.record.cells_skipped.len(), n_cells);
+    assert_eq!(second.results, first.results);
+}

@@ -170,6 +170,8 @@ pub struct EvalConfig {
     pub probe: bool,
     /// At most this many abnormal test samples per dataset in the probe (0 = all).
     pub probe_max_samples: usize,
+    /// METEOR 1.5 resources (`hdpo eval meteor-data`); unset: exact + stem modules only.
+    pub meteor_data: Option<PathBuf>,
 }
 
 /// The grid of cells.
@@ -297,6 +299,7 @@ impl Default for EvalConfig {
             max_new_tokens: 48,
             probe: true,
             probe_max_samples: 0,
+            meteor_data: None,
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn demo_config(quick: bool) -> ExperimentConfig {
         c.data.max_train_per_dataset = 100;
         c.data.max_test_per_dataset = 24;
         c.encoder.epochs = 4;
-        c.model.pretrain_epochs = 3;
+        c.model.pretrain_epochs = 10;
         c.sft.epochs = 1;
         c.preference.max_pairs = 64;
         c.eval.probe_max_samples = 8;

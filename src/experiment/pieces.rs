@@ -3,122 +3,39 @@
 //! log-probs, the metrics, and curation. Each function is a few lines over
 //! the crate's stage modules, so that swapping a stage touches only this file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use candle_core::{Tensor, Var};
+use candle_core::Var;
 
 use super::config::ExperimentConfig;
 use super::pipeline::DatasetData;
 use super::report::Task;
 use crate::data::Sample;
 use crate::encode::DualEncoder;
-use crate::model::{Batch, ChatTemplate, GenerateOptions, LlavaModel, TextTokenizer};
+use crate::model::policy::LlavaPolicy;
+use crate::model::{ChatTemplate, GenerateOptions, LlavaModel, TextTokenizer};
 use crate::train::{Nll, PreferencePair, PreferencePolicy, SeqItem, SftExample, SftPolicy};
 
-/// One answered test sample.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PredictionRow {
-    pub id: String,
-    pub question: String,
-    pub reference: String,
-    pub prediction: String,
-    /// `closed`, `open` or `report`.
-    pub answer_type: String,
+pub use crate::model::predict::PredictionRow;
+
+/// A [`LlavaPolicy`] whose trainable tensors are every base weight (see
+/// `tiny::make_trainable`), for the full-weight training that turns the
+/// random tiny model into the base model.
+pub struct FullWeights<'a> {
+    pub inner: LlavaPolicy<'a>,
+    pub vars: Vec<(String, Var)>,
 }
 
-/// The model with its tokenizer and template as a trainable policy. The
-/// trainable tensors are the LoRA adapters, or `full` (every base weight,
-/// see `tiny::make_trainable`) for the base model's pretraining.
-pub struct Policy<'a> {
-    pub model: &'a LlavaModel,
-    pub tok: &'a TextTokenizer,
-    pub template: ChatTemplate,
-    pub full: Option<Vec<(String, Var)>>,
-    cache: Mutex<HashMap<PathBuf, Tensor>>,
-}
-
-impl<'a> Policy<'a> {
-    pub fn new(model: &'a LlavaModel, tok: &'a TextTokenizer, template: ChatTemplate) -> Self {
-        Policy {
-            model,
-            tok,
-            template,
-            full: None,
-            cache: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// CLIP pixel values of an image (cached by path).
-    pub fn pixels(&self, path: &Path) -> Result<Tensor> {
-        if let Some(t) = self.cache.lock().ok().and_then(|c| c.get(path).cloned()) {
-            return Ok(t);
-        }
-        let (mean, std) = crate::model::image::normalisation(&self.model.dir);
-        let t = crate::model::image::load_clip_pixels(
-            path,
-            self.model.vision.cfg.image_size,
-            mean,
-            std,
-            &self.model.device,
-        )?;
-        if let Ok(mut c) = self.cache.lock() {
-            if c.len() < 4096 {
-                c.insert(path.to_path_buf(), t.clone());
-            }
-        }
-        Ok(t)
-    }
-
-    /// The batch of `items` (prompt + response + EOS, response mask).
-    pub fn batch(&self, items: &[SeqItem]) -> Result<Batch> {
-        let n_img = self.model.image_token_count();
-        let mut seqs = Vec::with_capacity(items.len());
-        let mut imgs = Vec::with_capacity(items.len());
-        for it in items {
-            let k = if it.image.is_some() { n_img } else { 0 };
-            seqs.push(
-                self.tok
-                    .encode_pair(self.template, &it.prompt, &it.response, k)?,
-            );
-            imgs.push(it.image.as_deref().map(|p| self.pixels(p)).transpose()?);
-        }
-        Batch::new(&seqs, &imgs, self.tok.pad_id, &self.model.device)
-    }
-
-    fn summed(&self, items: &[SeqItem], adapters: bool) -> Result<(Tensor, Tensor)> {
-        let b = self.batch(items)?;
-        let logits = self.model.forward(&b, adapters)?;
-        crate::model::sequence_logprobs(&logits, &b.input_ids, &b.response_mask)
-    }
-}
-
-impl PreferencePolicy for Policy<'_> {
-    fn logps(&self, items: &[SeqItem], adapters: bool) -> Result<Tensor> {
-        Ok(self.summed(items, adapters)?.1)
-    }
-
-    fn trainable(&self) -> Vec<(String, Var)> {
-        self.full.clone().unwrap_or_else(|| self.model.lora_vars())
-    }
-}
-
-impl SftPolicy for Policy<'_> {
+impl SftPolicy for FullWeights<'_> {
     fn nll(&self, items: &[SeqItem]) -> Result<Nll> {
-        let b = self.batch(items)?;
-        let logits = self.model.forward(&b, true)?;
-        let (_, summed) = crate::model::sequence_logprobs(&logits, &b.input_ids, &b.response_mask)?;
-        let tokens = b.response_mask.sum_all()?.to_scalar::<f32>()? as usize;
-        Ok(Nll {
-            sum: summed.sum_all()?.neg()?,
-            tokens,
-        })
+        self.inner.nll(items)
     }
 
     fn trainable(&self) -> Vec<(String, Var)> {
-        PreferencePolicy::trainable(self)
+        self.vars.clone()
     }
 }
 
@@ -159,8 +76,10 @@ pub fn train_full(
     cfg: &crate::train::SftConfig,
     out: &Path,
 ) -> Result<String> {
-    let mut p = Policy::new(model, tok, template);
-    p.full = Some(vars);
+    let p = FullWeights {
+        inner: LlavaPolicy::new(model, tok, template)?,
+        vars,
+    };
     crate::train::sft::train(&p, examples, cfg, out)?;
     Ok(last_loss(out))
 }
@@ -174,7 +93,7 @@ pub fn train_sft(
     cfg: &crate::train::SftConfig,
     out: &Path,
 ) -> Result<String> {
-    let p = Policy::new(model, tok, template);
+    let p = LlavaPolicy::new(model, tok, template)?;
     crate::train::sft::train(&p, examples, cfg, out)?;
     Ok(last_loss(out))
 }
@@ -188,7 +107,7 @@ pub fn train_preference(
     cfg: &crate::train::PreferenceConfig,
     out: &Path,
 ) -> Result<()> {
-    let p = Policy::new(model, tok, template);
+    let p = LlavaPolicy::new(model, tok, template)?;
     crate::train::preference::train_from_config(&p, pairs, cfg, out)?;
     Ok(())
 }
@@ -205,14 +124,11 @@ pub fn generate(
     seed: u64,
     max_new_tokens: usize,
 ) -> Result<String> {
-    let p = Policy::new(model, tok, template);
-    let n_img = if image.is_some() {
-        model.image_token_count()
-    } else {
-        0
-    };
-    let prompt = tok.encode_prompt(template, question, n_img)?;
+    let p = LlavaPolicy::new(model, tok, template)?;
+    let prompt = p.encode_prompt(question, image.is_some())?;
     let px = image.map(|i| p.pixels(i)).transpose()?;
+    let room = p.max_len().saturating_sub(prompt.input_ids.len());
+    let max_new_tokens = max_new_tokens.min(room);
     let opts = GenerateOptions {
         max_new_tokens,
         temperature,
@@ -234,7 +150,7 @@ pub fn logp(
     template: ChatTemplate,
     item: &SeqItem,
 ) -> Result<f64> {
-    let p = Policy::new(model, tok, template);
+    let p = LlavaPolicy::new(model, tok, template)?;
     let adapters = !model.lora_vars().is_empty();
     let t = p.logps(std::slice::from_ref(item), adapters)?;
     Ok(t.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?[0])
@@ -279,14 +195,71 @@ pub fn predict(
         .collect()
 }
 
-/// The metrics of a dataset's predictions (Table 1's columns and more).
+/// The METEOR scorer: METEOR 1.5 with the data folder of `hdpo eval
+/// meteor-data` when given, else its exact + stem modules (no resource files).
+pub fn meteor(data: Option<&Path>) -> Result<crate::eval::metrics::Meteor> {
+    match data {
+        Some(d) => crate::eval::metrics::Meteor::from_dir(d)
+            .with_context(|| format!("eval.meteor_data {}", d.display())),
+        None => Ok(crate::eval::metrics::Meteor::exact_stem()),
+    }
+}
+
+/// The metrics of a dataset's predictions (`eval::metrics`). VQA: LLaVA-Med
+/// open recall (`open`) and closed accuracy (`closed`), plus the strict
+/// variants; reports (R2Gen IU-Xray cleaning): `meteor`, `bleu` (mean of
+/// BLEU-1..4), `rouge_l`, `bleu_1`..`bleu_4`. A metric without rows (no open
+/// question in a subset) is left out.
 pub fn score(
     task: Task,
     rows: &[PredictionRow],
-    _test: &[Sample],
+    meteor: &crate::eval::metrics::Meteor,
 ) -> Result<BTreeMap<String, f64>> {
-    let _ = (task, rows);
-    anyhow::bail!("metrics are not wired yet (waiting for eval::metrics)")
+    use crate::eval::metrics as m;
+    let mut out = BTreeMap::new();
+    let mut put = |k: &str, v: Option<f64>| {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            out.insert(k.to_string(), v);
+        }
+    };
+    match task {
+        Task::Vqa => {
+            let vr: Vec<m::VqaRow> = rows
+                .iter()
+                .map(|r| m::VqaRow {
+                    id: r.id.clone().into(),
+                    reference: r.reference.clone(),
+                    prediction: r.prediction.clone(),
+                    answer_type: Some(r.answer_type.clone()),
+                })
+                .collect();
+            let rep = m::score_vqa(&vr);
+            put("open", rep.open.llava_med_open_recall);
+            put("closed", rep.closed.llava_med_closed_acc);
+            put("open_f1", rep.open.llava_med_open_f1);
+            put("closed_exact", rep.closed.closed_exact_match);
+        }
+        Task::Report => {
+            let rr: Vec<m::ReportRow> = rows
+                .iter()
+                .map(|r| m::ReportRow {
+                    id: r.id.clone().into(),
+                    reference: r.reference.clone(),
+                    prediction: r.prediction.clone(),
+                })
+                .collect();
+            let s = m::score_reports(&rr, m::Cleaner::IuXray, None, meteor);
+            let x = &s.metrics;
+            put("meteor", Some(x.METEOR));
+            put("bleu", Some(x.BLEU_avg));
+            put("rouge_l", Some(x.ROUGE_L));
+            put("bleu_1", Some(x.BLEU_1));
+            put("bleu_2", Some(x.BLEU_2));
+            put("bleu_3", Some(x.BLEU_3));
+            put("bleu_4", Some(x.BLEU_4));
+        }
+    }
+    Ok(out)
 }
 
 /// Curate HDPO pairs (paper 3.1-3.2, Eq. 3-12) with `curate::run` into

@@ -936,6 +936,7 @@ fn compute_cell(p: &Prepared, cell: &Cell, cache: &CellCache) -> Result<CellResu
 
 fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Result<Vec<ResultRow>> {
     let cfg = p.cfg;
+    let meteor = pieces::meteor(cfg.eval.meteor_data.as_deref())?;
     let mut rows = Vec::new();
     for d in &p.datasets {
         let preds = pieces::predict(
@@ -991,7 +992,7 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
                 continue;
             }
             let chosen: Vec<_> = idx.iter().map(|&i| preds[i].clone()).collect();
-            let metrics = pieces::score(d.spec.task, &chosen, &d.test)?;
+            let metrics = pieces::score(d.spec.task, &chosen, &meteor)?;
             let mut row = ResultRow {
                 method: cell.method.clone(),
                 dataset: d.spec.label.clone(),

@@ -325,7 +325,7 @@ pub fn tables_markdown(
 
 /// Write `results.json`, `tables.md` and the plots into `out`:
 /// `plots/training_curves.png` (preference loss per step of each cell
-/// without a variant), `plots/sft_curve.png`, and one bar chart per metric
+/// without a variant), `plots/reward_margins.png`, `plots/sft_curve.png`, and one bar chart per metric
 /// (`plots/metric_<name>.png`, bars per method, grouped by dataset).
 #[allow(clippy::too_many_arguments)]
 pub fn write_report(
@@ -387,6 +387,32 @@ pub fn write_plots(
             "optimiser step",
             "loss",
             &pref,
+        )?;
+        written.push(p);
+    }
+    // The reward margin (α h of Eq. 1 / 13) is comparable across losses,
+    // whereas HDPO's loss is scaled by the weights w.
+    let margins: Vec<Series> = cells
+        .iter()
+        .filter(|c| c.cell.is_preference() && c.cell.variant.is_none())
+        .map(|c| Series {
+            points: c
+                .curve
+                .iter()
+                .filter_map(|p| p.margin.map(|m| (p.step as f64, m)))
+                .collect(),
+            ..curve(c)
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !margins.is_empty() {
+        let p = dir.join("reward_margins.png");
+        line_chart(
+            &p,
+            "Reward margin (chosen - rejected) per step",
+            "optimiser step",
+            "margin",
+            &margins,
         )?;
         written.push(p);
     }
