@@ -492,7 +492,12 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
                 .unwrap_or_else(|| panic!("{}: no row for {}", r.cell.key(), d.label));
             for m in d.task.table_metrics() {
                 let v = row.metrics[*m];
-                assert!((0.0..=1.0).contains(&v), "{} {} {m} = {v}", r.cell.key(), d.label);
+                assert!(
+                    (0.0..=1.0).contains(&v),
+                    "{} {} {m} = {v}",
+                    r.cell.key(),
+                    d.label
+                );
             }
             assert!(row.metrics.contains_key(report::PROBE));
         }
@@ -501,13 +506,21 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
         }
     }
     let md = std::fs::read_to_string(dir.path().join("tables.md")).unwrap();
-    for t in ["Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "PHANTOM NUMBERS"] {
+    for t in [
+        "Table 1",
+        "Table 2",
+        "Table 3",
+        "Table 4",
+        "Table 5",
+        "PHANTOM NUMBERS",
+    ] {
         assert!(md.contains(t), "tables.md lacks {t}");
     }
     assert!(dir.path().join("plots/training_curves.png").is_file());
     assert!(dir.path().join("plots/metric_closed.png").is_file());
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run.json")).unwrap())
+            .unwrap();
     assert_eq!(run["seed"], 0);
     assert_eq!(run["crate_version"], env!("CARGO_PKG_VERSION"));
     assert!(dir.path().join("config.toml").is_file());

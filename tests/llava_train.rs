@@ -904,3 +904,71 @@ fn bad_pairs_missing_images_and_long_prompts_give_clear_errors() {
     );
     assert!(e.contains("missing.png"), "{e}");
 }
+
+#[test]
+fn hdpo_on_phantom_pairs_raises_held_out_margin_and_accuracy() {
+    // Misdiagnosis pairs from phantom closed questions: chosen = the true
+    // yes/no answer, rejected = the flipped one, same image. A random tiny
+    // LLaVA with a fresh LoRA (B = 0, so π_θ = π_ref and every held-out
+    // margin starts at 0) is trained with HDPO and measured on held-out pairs.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        seed: 5,
+        train: 60,
+        test: 30,
+        size: 32,
+        normal_share: 0.5,
+        subtle_share: 0.0,
+        ..PhantomConfig::default()
+    };
+    hdpo::data::phantom::generate(&cfg, tmp.path()).unwrap();
+    let to_pairs = |samples: &[Sample]| -> Vec<PreferencePair> {
+        samples
+            .iter()
+            .map(|s| {
+                let flipped = if s.answer == "Yes" { "No" } else { "Yes" };
+                PreferencePair {
+                    id: s.id.clone(),
+                    kind: "mis".into(),
+                    prompt: s.question.clone().unwrap(),
+                    chosen: s.answer.clone(),
+                    rejected: flipped.into(),
+                    chosen_image: Some(s.images[0].clone()),
+                    rejected_image: Some(s.images[0].clone()),
+                    weight: if s.answer == "Yes" { 1.2 } else { 0.8 },
+                }
+            })
+            .collect()
+    };
+    let train = to_pairs(&closed(tmp.path(), Split::Train));
+    let test = to_pairs(&closed(tmp.path(), Split::Test));
+    let mcfg = LlavaConfig::from_dir(&fixture()).unwrap();
+    let mut m = LlavaModel::random(mcfg, Some(11), &LoadOptions::default()).unwrap();
+    m.add_lora(all_linear_lora(), 11).unwrap();
+    let tok = TextTokenizer::from_dir(&fixture(), &m.config).unwrap();
+    let policy = LlavaPolicy::new(&m, &tok, ChatTemplate::LlavaPlain).unwrap();
+    let loss = loss_by_name("hdpo", 0.1).unwrap();
+    let before = preference::evaluate(&policy, &test, loss.as_ref(), None).unwrap();
+    assert_eq!(before.margin(), 0.0);
+    let mut c = PreferenceConfig::phantom();
+    c.run.epochs = 2;
+    c.run.batch_size = 8;
+    c.run.micro_batch_size = 4;
+    c.optim.learning_rate = 3e-3;
+    let s = preference::train(&policy, &train, loss.as_ref(), &c, &tmp.path().join("run")).unwrap();
+    assert!(!s.run.halted);
+    let after = preference::evaluate(&policy, &test, loss.as_ref(), None).unwrap();
+    eprintln!(
+        "phantom held-out pairs ({}): margin {:.4} -> {:.4}, accuracy {:.3} -> {:.3}",
+        test.len(),
+        before.margin(),
+        after.margin(),
+        before.accuracy(),
+        after.accuracy()
+    );
+    assert!(after.margin() > 0.05, "margin {}", after.margin());
+    assert!(after.accuracy() > 0.6, "accuracy {}", after.accuracy());
+    // The log has TRL's metrics, per kind too.
+    let log = read_log(&tmp.path().join("run"));
+    assert!(log[0]["by_kind"]["mis"]["rewards/margins"].is_number());
+}

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod curate;
 pub mod data;
 pub mod demo;
+pub mod eval;
 pub mod experiment;
 pub mod model;
 pub mod phantom;
@@ -55,6 +56,11 @@ pub enum Command {
         #[command(subcommand)]
         cmd: bench::BenchCmd,
     },
+    /// Evaluation metrics: reports (BLEU, METEOR, ROUGE-L), Med-VQA, METEOR tables.
+    Eval {
+        #[command(subcommand)]
+        cmd: eval::EvalCmd,
+    },
     /// Run an experiment grid (paper Tables 1-5): results.json, tables.md, plots.
     Experiment(experiment::ExperimentArgs),
     /// The whole pipeline on the phantom benchmark in one command (phantom numbers).
@@ -76,6 +82,7 @@ pub fn run() -> Result<()> {
         Command::Train(a) => train::train(*a),
         Command::Predict(a) => train::predict(a),
         Command::Bench { cmd } => bench::run(cmd),
+        Command::Eval { cmd } => eval::run(cmd),
         Command::Experiment(a) => experiment::run(a),
         Command::Demo(a) => demo::run(a),
     }

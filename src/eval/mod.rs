@@ -1,5 +1,6 @@
 //! Evaluation (paper 4.2-4.3): report and VQA metrics, subsets, probes, tables.
 
+pub mod metrics;
 pub mod plot;
 pub mod probe;
 pub mod subsets;
