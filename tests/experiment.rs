@@ -550,3 +550,24 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
         }
     }
 }
+
+#[test]
+fn the_phantom_experiment_reuses_the_demo_cells() {
+    let demo = hdpo::experiment::demo_config(false);
+    let phantom = ExperimentConfig::phantom();
+    assert_eq!(demo.fingerprint(), phantom.fingerprint());
+    let d: HashSet<String> = grid::cells(&demo).iter().map(Cell::key).collect();
+    let p: Vec<String> = grid::cells(&phantom).iter().map(Cell::key).collect();
+    assert!(d.iter().all(|k| p.contains(k)));
+    // The ablations: three error types and three heatmap sources.
+    assert_eq!(p.len() - d.len(), 6);
+    assert_eq!(d.len(), 2 + 2 * phantom.grid.methods.len());
+    let quick: Vec<String> = grid::cells(&hdpo::experiment::demo_config(true))
+        .iter()
+        .map(Cell::key)
+        .collect();
+    assert_eq!(
+        quick,
+        vec!["base", "sft", "dpo", "hdpo", "sft+dpo", "sft+hdpo"]
+    );
+}
