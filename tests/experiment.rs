@@ -190,7 +190,7 @@ fn report_writes_json_tables_and_plots() {
             .map(|s| hdpo::experiment::grid::CurvePoint {
                 step: s,
                 loss: 0.7 / s as f64,
-                margin: None,
+                margin: Some(0.01 * s as f64),
             })
             .collect();
     }
@@ -217,6 +217,9 @@ fn report_writes_json_tables_and_plots() {
         .collect();
     for n in [
         "training_curves.png",
+        "training_curves_sft.png",
+        "reward_margins_sft.png",
+        "metric_open_sft.png",
         "metric_open.png",
         "metric_closed.png",
         "metric_meteor.png",

@@ -325,7 +325,9 @@ pub fn tables_markdown(
 
 /// Write `results.json`, `tables.md` and the plots into `out`:
 /// `plots/training_curves.png` (preference loss per step of each cell
-/// without a variant), `plots/reward_margins.png`, `plots/sft_curve.png`, and one bar chart per metric
+/// without a variant; `_sft` for the cells that start from the SFT model),
+/// `plots/reward_margins[_sft].png`, `plots/sft_curve.png`, and one bar chart per metric
+/// and starting point
 /// (`plots/metric_<name>.png`, bars per method, grouped by dataset).
 #[allow(clippy::too_many_arguments)]
 pub fn write_report(
@@ -374,47 +376,58 @@ pub fn write_plots(
             .to_string(),
         points: c.curve.iter().map(|p| (p.step as f64, p.loss)).collect(),
     };
-    let pref: Vec<Series> = cells
-        .iter()
-        .filter(|c| c.cell.is_preference() && c.cell.variant.is_none() && !c.curve.is_empty())
-        .map(curve)
-        .collect();
-    if !pref.is_empty() {
-        let p = dir.join("training_curves.png");
-        line_chart(
-            &p,
-            "Preference training loss per step",
-            "optimiser step",
-            "loss",
-            &pref,
-        )?;
-        written.push(p);
-    }
-    // The reward margin (α h of Eq. 1 / 13) is comparable across losses,
-    // whereas HDPO's loss is scaled by the weights w.
-    let margins: Vec<Series> = cells
-        .iter()
-        .filter(|c| c.cell.is_preference() && c.cell.variant.is_none())
-        .map(|c| Series {
-            points: c
-                .curve
-                .iter()
-                .filter_map(|p| p.margin.map(|m| (p.step as f64, m)))
-                .collect(),
-            ..curve(c)
-        })
-        .filter(|s| !s.points.is_empty())
-        .collect();
-    if !margins.is_empty() {
-        let p = dir.join("reward_margins.png");
-        line_chart(
-            &p,
-            "Reward margin (chosen - rejected) per step",
-            "optimiser step",
-            "margin",
-            &margins,
-        )?;
-        written.push(p);
+    // One chart per starting point, so that every line has its own colour.
+    for (sft, suffix, from) in [
+        (false, "", "from the base model"),
+        (true, "_sft", "from the SFT model"),
+    ] {
+        let pref: Vec<Series> = cells
+            .iter()
+            .filter(|c| {
+                c.cell.is_preference()
+                    && c.cell.variant.is_none()
+                    && c.cell.sft == sft
+                    && !c.curve.is_empty()
+            })
+            .map(curve)
+            .collect();
+        if !pref.is_empty() {
+            let p = dir.join(format!("training_curves{suffix}.png"));
+            line_chart(
+                &p,
+                &format!("Preference training loss per step, {from}"),
+                "optimiser step",
+                "loss",
+                &pref,
+            )?;
+            written.push(p);
+        }
+        // The reward margin (α h of Eq. 1 / 13) is comparable across losses,
+        // whereas HDPO's loss is scaled by the weights w.
+        let margins: Vec<Series> = cells
+            .iter()
+            .filter(|c| c.cell.is_preference() && c.cell.variant.is_none() && c.cell.sft == sft)
+            .map(|c| Series {
+                points: c
+                    .curve
+                    .iter()
+                    .filter_map(|p| p.margin.map(|m| (p.step as f64, m)))
+                    .collect(),
+                ..curve(c)
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect();
+        if !margins.is_empty() {
+            let p = dir.join(format!("reward_margins{suffix}.png"));
+            line_chart(
+                &p,
+                &format!("Reward margin (chosen - rejected) per step, {from}"),
+                "optimiser step",
+                "margin",
+                &margins,
+            )?;
+            written.push(p);
+        }
     }
     let sft: Vec<Series> = cells
         .iter()
@@ -445,38 +458,43 @@ pub fn write_plots(
     metrics.push(PROBE);
     let rows = all_rows(cells);
     for m in metrics {
-        let mut bars: BTreeMap<(usize, usize), Bar> = BTreeMap::new();
-        for r in rows
-            .iter()
-            .filter(|r| r.subset == "all" && r.variant.is_none())
-        {
-            let (Some(v), Some(di)) = (
-                r.metrics.get(m).copied().filter(|v| v.is_finite()),
-                datasets.iter().position(|d| d.label == r.dataset),
-            ) else {
+        for (sft, suffix, from) in [
+            (false, "", "from the base model"),
+            (true, "_sft", "from the SFT model"),
+        ] {
+            let mut bars: BTreeMap<(usize, usize), Bar> = BTreeMap::new();
+            for r in rows
+                .iter()
+                .filter(|r| r.subset == "all" && r.variant.is_none() && r.sft == sft)
+            {
+                let (Some(v), Some(di)) = (
+                    r.metrics.get(m).copied().filter(|v| v.is_finite()),
+                    datasets.iter().position(|d| d.label == r.dataset),
+                ) else {
+                    continue;
+                };
+                let label = row_label(&r.method, r.sft);
+                let oi = order.iter().position(|o| *o == label).unwrap_or(usize::MAX);
+                bars.insert(
+                    (di, oi),
+                    Bar {
+                        group: r.dataset.clone(),
+                        label: label.trim_start_matches("+ ").to_string(),
+                        value: v * 100.0,
+                    },
+                );
+            }
+            if bars.is_empty() {
                 continue;
+            }
+            let p = dir.join(format!("metric_{m}{suffix}.png"));
+            let title = match m {
+                PROBE => format!("Lesion-masking probe: answers changed (%), {from}"),
+                other => format!("{other} (%), {from}"),
             };
-            let label = row_label(&r.method, r.sft);
-            let oi = order.iter().position(|o| *o == label).unwrap_or(usize::MAX);
-            bars.insert(
-                (di, oi),
-                Bar {
-                    group: r.dataset.clone(),
-                    label: label.trim_start_matches("+ ").to_string(),
-                    value: v * 100.0,
-                },
-            );
+            bar_chart(&p, &title, "%", &bars.into_values().collect::<Vec<_>>())?;
+            written.push(p);
         }
-        if bars.is_empty() {
-            continue;
-        }
-        let p = dir.join(format!("metric_{m}.png"));
-        let title = match m {
-            PROBE => "Lesion-masking probe: answers changed (%)".to_string(),
-            other => format!("{other} (%) by method"),
-        };
-        bar_chart(&p, &title, "%", &bars.into_values().collect::<Vec<_>>())?;
-        written.push(p);
     }
     Ok(written)
 }
