@@ -2,7 +2,8 @@
 //! `hdpo bench` and BENCHMARKS.md): per sample, the image tower's patch
 //! embeddings f_v(p_i), Eq. 2 patch weights from a heatmap, the weighted
 //! embedding v (Eq. 3), the text embeddings of the answer's chunks and their
-//! cosines (Eq. 4-5).
+//! cosines (Eq. 4-5). Also [`keyword_rate`]: the k* rate on the phantom
+//! benchmark with mask versus uniform heatmaps.
 
 use std::time::Instant;
 
@@ -131,4 +132,300 @@ pub fn curation_throughput(cfg: &BenchConfig) -> Result<BenchReport> {
         text_ms_per_sample: 1e3 * tt / n as f64,
         threads: rayon::current_num_threads(),
     })
+}
+
+/// Settings of [`keyword_rate`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeywordRateConfig {
+    /// Where the phantom set, the encoder and the pair files are written (replaced).
+    pub dir: std::path::PathBuf,
+    /// Phantom training studies (the encoder is aligned on them).
+    pub train: usize,
+    /// Phantom test studies (their abnormal ones are scored).
+    pub test: usize,
+    /// Alignment epochs.
+    pub epochs: usize,
+    /// Align on whole reports (`report`) or on the finding sentence (`findings`).
+    pub texts: String,
+    pub seed: u64,
+}
+
+impl Default for KeywordRateConfig {
+    fn default() -> Self {
+        KeywordRateConfig {
+            dir: std::path::PathBuf::from("target/curate_keyword_rate"),
+            train: 400,
+            test: 100,
+            epochs: 30,
+            texts: "report".into(),
+            seed: 5,
+        }
+    }
+}
+
+/// The k* rate of one heatmap source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceRate {
+    pub heatmaps: String,
+    /// Abnormal test studies scored.
+    pub studies: usize,
+    /// Of them, those whose k* is the finding term, its location phrase or side, or the location answer.
+    pub hits: usize,
+    pub rate: f64,
+    /// How often k* fell in each vocabulary category.
+    pub keyword_categories: std::collections::BTreeMap<String, usize>,
+}
+
+/// What [`keyword_rate`] measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeywordRateReport {
+    pub config: KeywordRateConfig,
+    pub align_loss_first: f64,
+    pub align_loss_last: f64,
+    pub seconds: f64,
+    /// `mask` and `uniform`.
+    pub sources: Vec<SourceRate>,
+}
+
+/// The k* rate on the phantom benchmark (issue 4): generate a phantom set,
+/// align a small dual encoder on its training split (`hdpo align`'s
+/// trainer), curate the test split with mask heatmaps and with uniform
+/// heatmaps, and count the abnormal studies whose k* names the lesion's
+/// finding or its location phrase (the phantom's ground truth keywords).
+pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
+    use std::collections::{BTreeMap, HashMap};
+
+    use crate::curate::{run, CurateConfig, PairKind, Vocabulary};
+    use crate::data::pairs::read_pairs;
+    use crate::data::phantom::{self, PhantomConfig};
+    use crate::data::{DatasetFormat, LoadOptions, Sample, Split};
+    use crate::encode::align::{align, AlignPair, PairImage};
+    use crate::encode::DualEncoder;
+    use crate::heatmap::mask::MaskSource;
+    use crate::heatmap::uniform::UniformSource;
+    use crate::heatmap::HeatmapSource;
+
+    let t0 = Instant::now();
+    let dir = &cfg.dir;
+    let reports = |split: Split| -> Result<Vec<Sample>> {
+        Ok(crate::data::load(
+            DatasetFormat::PhantomReport,
+            dir,
+            &LoadOptions {
+                split: Some(split),
+                ..LoadOptions::default()
+            },
+        )?
+        .samples)
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    let pcfg = PhantomConfig {
+        seed: cfg.seed,
+        train: cfg.train,
+        val: 0,
+        test: cfg.test,
+        size: 64,
+        ..PhantomConfig::default()
+    };
+    phantom::generate(&pcfg, dir)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("phantom.json"))?)?;
+    let mut truth: HashMap<String, Vec<String>> = HashMap::new();
+    let mut finding_sentence: HashMap<String, String> = HashMap::new();
+    for s in manifest["studies"].as_array().into_iter().flatten() {
+        let id = s["id"].as_str().unwrap_or_default().to_string();
+        let report = s["report"].as_str().unwrap_or_default();
+        let kws: Vec<String> = s["keywords"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_ascii_lowercase))
+            .collect();
+        let sentence = crate::curate::chunk::sentences(report)
+            .into_iter()
+            .map(|(a, b)| &report[a..b])
+            .find(|x| {
+                kws.first()
+                    .is_some_and(|k| x.to_ascii_lowercase().contains(k))
+            })
+            .unwrap_or("No acute cardiopulmonary abnormality")
+            .to_string();
+        finding_sentence.insert(id.clone(), sentence);
+        if s["finding"].is_null() {
+            continue;
+        }
+        let mut names = kws;
+        if let Some(l) = s["location"].as_str() {
+            names.push(l.to_ascii_lowercase());
+        }
+        truth.insert(id, names);
+    }
+    let pairs: Vec<AlignPair> = reports(Split::Train)?
+        .into_iter()
+        .map(|s| AlignPair {
+            image: PairImage::Path(s.images[0].clone()),
+            text: if cfg.texts == "findings" {
+                finding_sentence.get(&s.id).cloned().unwrap_or_default()
+            } else {
+                s.answer.clone()
+            },
+        })
+        .collect();
+    let acfg = AlignConfig {
+        image_size: 64,
+        patch_size: 8,
+        vision_hidden: 64,
+        vision_layers: 2,
+        vision_heads: 4,
+        text_hidden: 64,
+        text_layers: 1,
+        text_heads: 4,
+        max_text_len: 64,
+        projection_dim: 32,
+        epochs: cfg.epochs,
+        batch_size: 32,
+        learning_rate: 2e-3,
+        seed: 1,
+        ..AlignConfig::default()
+    };
+    let areport = align(pairs, &acfg, &dir.join("encoder"))?;
+    let enc = DualEncoder::load(&dir.join("encoder"), &crate::encode::LoadOptions::default())?;
+    let test = reports(Split::Test)?;
+    let vocab = Vocabulary::default_vocab();
+    let sources: [&dyn HeatmapSource; 2] = [&MaskSource { sigma: None }, &UniformSource::default()];
+    let mut rates = Vec::new();
+    for src in sources {
+        let out = dir.join(format!("{}.jsonl", src.name()));
+        let cc = CurateConfig {
+            kinds: vec![PairKind::FnNeutral],
+            data_root: Some(dir.clone()),
+            ..CurateConfig::default()
+        };
+        run(&cc, &test, &enc, src, &out)?;
+        let (mut hits, mut studies) = (0usize, 0usize);
+        let mut cats: BTreeMap<String, usize> = BTreeMap::new();
+        for p in read_pairs(&out)? {
+            let Some(names) = truth.get(p.source_id.as_deref().unwrap_or_default()) else {
+                continue;
+            };
+            studies += 1;
+            let k = p.keyword.unwrap_or_default().to_ascii_lowercase();
+            hits += usize::from(names.contains(&k));
+            let cat = vocab
+                .lookup(&k)
+                .map(|t| vocab.terms[t].category.clone())
+                .unwrap_or_else(|| "other".into());
+            *cats.entry(cat).or_default() += 1;
+        }
+        rates.push(SourceRate {
+            heatmaps: src.name().to_string(),
+            studies,
+            hits,
+            rate: hits as f64 / studies.max(1) as f64,
+            keyword_categories: cats,
+        });
+    }
+    Ok(KeywordRateReport {
+        config: cfg.clone(),
+        align_loss_first: areport.epoch_loss.first().copied().unwrap_or(f64::NAN),
+        align_loss_last: areport.epoch_loss.last().copied().unwrap_or(f64::NAN),
+        seconds: t0.elapsed().as_secs_f64(),
+        sources: rates,
+    })
+}
+
+/// End-to-end curation throughput (the real [`crate::curate::run`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineReport {
+    /// Samples curated (phantom reports with a lesion; normal studies are skipped as empty masks).
+    pub samples: usize,
+    pub pairs: usize,
+    pub seconds: f64,
+    pub pairs_per_second: f64,
+    pub samples_per_second: f64,
+    pub threads: usize,
+}
+
+/// End-to-end throughput of [`crate::curate::run`] with all four kinds and
+/// mask heatmaps on `studies` phantom report studies (64 px images, resized
+/// to the tower's input), with the towers of `cfg` (random seeded weights):
+/// chunks, k*, perturbations, Δ embeddings, w, the fp PNG and the records.
+pub fn pipeline_throughput(cfg: &BenchConfig, studies: usize) -> Result<PipelineReport> {
+    use crate::curate::{run, CurateConfig};
+    use crate::data::phantom::{self, PhantomConfig};
+    use crate::data::{DatasetFormat, LoadOptions};
+    let dir = tempfile::tempdir()?;
+    let pcfg = PhantomConfig {
+        seed: 1,
+        train: studies.max(1),
+        val: 0,
+        test: 0,
+        size: 64,
+        normal_share: 0.0,
+        ..PhantomConfig::default()
+    };
+    phantom::generate(&pcfg, dir.path())?;
+    let samples = crate::data::load(
+        DatasetFormat::PhantomReport,
+        dir.path(),
+        &LoadOptions::default(),
+    )?
+    .samples;
+    let texts: Vec<String> = samples.iter().map(|s| s.answer.clone()).collect();
+    let tok = build_word_tokenizer(&texts, 1, &dir.path().join("vocab.txt"))?;
+    let varmap = VarMap::new();
+    let enc = init_dual_encoder(&cfg.towers, tok, &varmap, DType::F32, &Device::Cpu)?;
+    let ccfg = CurateConfig {
+        data_root: Some(dir.path().to_path_buf()),
+        ..CurateConfig::default()
+    };
+    let out = dir.path().join("out").join("pairs.jsonl");
+    let start = Instant::now();
+    let summary = run(
+        &ccfg,
+        &samples,
+        &enc,
+        &crate::heatmap::mask::MaskSource { sigma: None },
+        &out,
+    )?;
+    let secs = start.elapsed().as_secs_f64();
+    let n = summary.samples - summary.skipped_samples.len();
+    Ok(PipelineReport {
+        samples: n,
+        pairs: summary.pairs_written(),
+        seconds: secs,
+        pairs_per_second: summary.pairs_written() as f64 / secs,
+        samples_per_second: n as f64 / secs,
+        threads: rayon::current_num_threads(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipeline_throughput_runs_the_real_curation() {
+        let cfg = BenchConfig {
+            towers: AlignConfig {
+                image_size: 32,
+                patch_size: 8,
+                vision_hidden: 16,
+                vision_layers: 1,
+                vision_heads: 2,
+                text_hidden: 16,
+                text_layers: 1,
+                text_heads: 2,
+                projection_dim: 8,
+                ..AlignConfig::default()
+            },
+            samples: 1,
+            chunks: 2,
+        };
+        let r = pipeline_throughput(&cfg, 3).unwrap();
+        assert_eq!(r.samples, 3);
+        // fp and mis always apply to a report with a finding; fn_* usually do.
+        assert!(r.pairs >= 6 && r.pairs <= 12, "{r:?}");
+        assert!(r.pairs_per_second > 0.0);
+    }
 }

@@ -70,6 +70,9 @@ pub struct TrainThroughput {
     pub pairs_per_s: f64,
     pub tokens_per_s: f64,
     pub trainable_params: usize,
+    /// Process CPU time (user + system, all threads) per step: steadier than
+    /// wall time on a shared machine.
+    pub cpu_seconds_per_step: Option<f64>,
     /// Peak resident memory (`VmHWM`) after the run, in bytes.
     pub peak_rss_bytes: Option<u64>,
 }
@@ -77,7 +80,8 @@ pub struct TrainThroughput {
 /// Throughput of DPO training steps (paper Eq. 1) on random text-only
 /// sequences of `seq_len` tokens (the second half counted as the response):
 /// per step, the policy's forward and backward on `pairs_per_step` chosen and
-/// rejected sequences in one padded batch, the sigmoid DPO loss against
+/// rejected sequences in one padded batch (the LM head on the response rows
+/// only, as [`super::policy::LlavaPolicy`] computes it), the sigmoid DPO loss against
 /// reference log-probs computed once beforehand (as the trainer caches them),
 /// and an AdamW update of the LoRA tensors. One warm-up step is not timed.
 pub fn dpo_train_throughput(
@@ -118,8 +122,7 @@ pub fn dpo_train_throughput(
             adapters,
             dropout_seed: None,
         };
-        let logits = model.forward_with(&batch, &fwd)?;
-        Ok(sequence_logprobs(&logits, &batch.input_ids, &batch.response_mask)?.1)
+        Ok(super::policy::response_logprobs(model, &batch, &fwd)?.0)
     };
     let reference = summed(false)?.detach();
     let m = pairs_per_step;
@@ -156,11 +159,16 @@ pub fn dpo_train_throughput(
         Ok(())
     };
     step()?;
+    let c0 = process_cpu_seconds();
     let t0 = Instant::now();
     for _ in 0..iters {
         step()?;
     }
     let secs = t0.elapsed().as_secs_f64() / iters as f64;
+    let cpu = match (c0, process_cpu_seconds()) {
+        (Some(a), Some(b)) => Some((b - a) / iters as f64),
+        _ => None,
+    };
     let tokens = n * seq_len;
     Ok(TrainThroughput {
         iters,
@@ -171,6 +179,7 @@ pub fn dpo_train_throughput(
         pairs_per_s: pairs_per_step as f64 / secs,
         tokens_per_s: tokens as f64 / secs,
         trainable_params: params.iter().map(|(_, v)| v.elem_count()).sum(),
+        cpu_seconds_per_step: cpu,
         peak_rss_bytes: crate::train::peak_rss_bytes(),
     })
 }
@@ -191,4 +200,16 @@ pub fn h256_config(base: &super::config::LlavaConfig) -> super::config::LlavaCon
     t.max_position_embeddings = 512;
     t.tie_word_embeddings = false;
     c
+}
+
+/// User + system CPU seconds of this process (`/proc/self/stat`, clock ticks
+/// of 1/100 s), where the platform has it.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / 100.0)
 }

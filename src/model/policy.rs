@@ -275,15 +275,8 @@ impl<'a> LlavaPolicy<'a> {
     fn summed(&self, items: &[SeqItem], adapters: bool) -> Result<(Tensor, usize)> {
         let batch = self.batch(items)?;
         let fwd = self.fwd(adapters, items);
-        let logits = self.model.forward_with(&batch, &fwd)?;
-        let logits = if adapters { logits } else { logits.detach() };
-        let (_, summed) = sequence_logprobs(&logits, &batch.input_ids, &batch.response_mask)?;
-        let n_tok = batch
-            .response_mask
-            .to_dtype(DType::F64)?
-            .sum_all()?
-            .to_scalar::<f64>()? as usize;
-        Ok((summed, n_tok))
+        let (s, n) = response_logprobs(self.model, &batch, &fwd)?;
+        Ok((if adapters { s } else { s.detach() }, n))
     }
 
     /// The LoRA tensors with PEFT's in-memory names
@@ -295,6 +288,61 @@ impl<'a> LlavaPolicy<'a> {
             .map(|(n, v)| (peft_memory_name(&n), v))
             .collect()
     }
+}
+
+/// Summed response log-probs `[B]` of a batch and the number of response
+/// tokens, computing the LM head only where it is needed:
+///
+/// ```text
+/// log π(y|x)_b = Σ_{t: mask[b,t]=1, t≥1} log softmax(lm_head(h[b, t−1]))[ids[b, t]]
+/// ```
+///
+/// The same value as [`sequence_logprobs`] over the full logits, but the
+/// `[rows, vocab]` head and its log-softmax (the largest tensors of a step
+/// for a 32k vocabulary) run only on the response rows.
+pub fn response_logprobs(model: &LlavaModel, batch: &Batch, fwd: &Fwd) -> Result<(Tensor, usize)> {
+    let h = model.hidden_states(batch, fwd)?;
+    let (b, l, hd) = h.dims3()?;
+    let mask: Vec<Vec<f32>> = batch.response_mask.to_dtype(DType::F32)?.to_vec2()?;
+    let ids: Vec<Vec<u32>> = batch.input_ids.to_dtype(DType::U32)?.to_vec2()?;
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    let mut seg = Vec::new();
+    for i in 0..b {
+        for t in 1..l {
+            if mask[i][t] > 0.0 {
+                rows.push((i * l + t - 1) as u32);
+                targets.push(ids[i][t]);
+                seg.push(i);
+            }
+        }
+    }
+    let n = rows.len();
+    if n == 0 {
+        // No response tokens anywhere: fall back to the full form (all zeros).
+        let logits = model.decoder.logits(&h, fwd)?;
+        let (_, s) = sequence_logprobs(&logits, &batch.input_ids, &batch.response_mask)?;
+        return Ok((s, 0));
+    }
+    let dev = h.device();
+    let hs = h
+        .reshape((b * l, hd))?
+        .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
+    let logits = model.decoder.logits(&hs, fwd)?;
+    let dt = match logits.dtype() {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    };
+    let lp =
+        super::ops::log_softmax_gather(&logits.to_dtype(dt)?, &Tensor::from_vec(targets, n, dev)?)?;
+    // Segment sum: [B, n] indicator times [n].
+    let mut ind = vec![0f32; b * n];
+    for (k, &i) in seg.iter().enumerate() {
+        ind[i * n + k] = 1.0;
+    }
+    let ind = Tensor::from_vec(ind, (b, n), dev)?.to_dtype(dt)?;
+    let s = ind.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?;
+    Ok((s, n))
 }
 
 /// `<module>.lora_A.weight` → `<module>.lora_A.default.weight` (PEFT's name of

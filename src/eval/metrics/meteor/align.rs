@@ -9,7 +9,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::cmp::Ordering;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::data::{ParaphraseTable, Synonyms};
@@ -66,6 +66,100 @@ pub struct Resources<'a> {
     pub paraphrase: Option<&'a ParaphraseTable>,
 }
 
+/// Per-word results (hashes, stems, synsets, paraphrase ids) reused across
+/// the segments of a corpus; one per thread.
+#[derive(Default)]
+pub struct WordCache {
+    index: HashMap<String, usize, std::hash::BuildHasherDefault<Fnv>>,
+    info: Vec<WordInfo>,
+}
+
+struct WordInfo {
+    hash: i32,
+    stem: Option<i32>,
+    syn: Option<Vec<u32>>,
+    para: Option<i64>,
+    block: Option<(usize, usize)>,
+}
+
+/// FNV-1a, a fast hasher for the per-thread word cache (keys are words).
+#[derive(Default)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+impl WordCache {
+    fn id(&mut self, w: &str) -> usize {
+        if let Some(&i) = self.index.get(w) {
+            return i;
+        }
+        let i = self.info.len();
+        self.info.push(WordInfo {
+            hash: java_hash(w),
+            stem: None,
+            syn: None,
+            para: None,
+            block: None,
+        });
+        self.index.insert(w.to_string(), i);
+        i
+    }
+
+    fn stem(&mut self, i: usize, w: &str, stemmer: &rust_stemmers::Stemmer) -> i32 {
+        *self.info[i]
+            .stem
+            .get_or_insert_with(|| java_hash(&stemmer.stem(w)))
+    }
+
+    fn fill_syn(&mut self, i: usize, w: &str, syn: &Synonyms) {
+        if self.info[i].syn.is_none() {
+            self.info[i].syn = Some(syn.all_synsets(w));
+        }
+    }
+
+    fn para(&mut self, i: usize, w: &str, pt: &ParaphraseTable) -> i64 {
+        *self.info[i].para.get_or_insert_with(|| pt.word_id(w))
+    }
+}
+
+impl WordCache {
+    /// Paraphrase paths at `line[start..]` (word `ids[start]` of this
+    /// cache), searching only the block of phrases that start with that word.
+    fn paths(
+        &mut self,
+        pt: &ParaphraseTable,
+        line: &[i64],
+        ids: &[usize],
+        start: usize,
+    ) -> Vec<(usize, Vec<u32>)> {
+        let w = line[start];
+        if w < 0 {
+            return Vec::new();
+        }
+        let info = &mut self.info[ids[start]];
+        let block = *info
+            .block
+            .get_or_insert_with(|| pt.first_word_block(w as u32));
+        pt.paths_in(line, start, block)
+    }
+}
+
 /// Result of aligning a hypothesis (line 1) with a reference (line 2).
 #[derive(Clone, Debug, Default)]
 pub struct Alignment {
@@ -75,19 +169,41 @@ pub struct Alignment {
     pub chunks: usize,
 }
 
-/// Fixed-size bit set (used-word flags).
+/// Fixed-size bit set (used-word flags); inline up to 256 words, so that
+/// extending a path allocates nothing for ordinary sentences.
 #[derive(Clone, Debug)]
-struct Bits(Vec<u64>);
+struct Bits {
+    small: [u64; 4],
+    large: Vec<u64>,
+}
 
 impl Bits {
     fn new(n: usize) -> Bits {
-        Bits(vec![0; n.div_ceil(64)])
+        Bits {
+            small: [0; 4],
+            large: if n > 256 {
+                vec![0; n.div_ceil(64)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+    fn words(&self) -> &[u64] {
+        if self.large.is_empty() {
+            &self.small
+        } else {
+            &self.large
+        }
     }
     fn get(&self, i: usize) -> bool {
-        self.0[i / 64] >> (i % 64) & 1 == 1
+        self.words()[i / 64] >> (i % 64) & 1 == 1
     }
     fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
+        if self.large.is_empty() {
+            self.small[i / 64] |= 1 << (i % 64);
+        } else {
+            self.large[i / 64] |= 1 << (i % 64);
+        }
     }
     fn any(&self, from: usize, len: usize) -> bool {
         (from..from + len).any(|i| self.get(i))
@@ -168,11 +284,14 @@ pub fn align(
     words2: &[String],
     modules: &[Module],
     res: &Resources,
+    cache: &mut WordCache,
 ) -> Alignment {
     let n1 = words1.len();
     let n2 = words2.len();
-    let h1: Vec<i32> = words1.iter().map(|w| java_hash(w)).collect();
-    let h2: Vec<i32> = words2.iter().map(|w| java_hash(w)).collect();
+    let id1: Vec<usize> = words1.iter().map(|w| cache.id(w)).collect();
+    let id2: Vec<usize> = words2.iter().map(|w| cache.id(w)).collect();
+    let h1: Vec<i32> = id1.iter().map(|&i| cache.info[i].hash).collect();
+    let h2: Vec<i32> = id2.iter().map(|&i| cache.info[i].hash).collect();
     let mut cand: Vec<Vec<Match>> = vec![Vec::new(); n2];
     let mut cov1 = vec![0u32; n1];
     let mut cov2 = vec![0u32; n2];
@@ -210,13 +329,11 @@ pub fn align(
                 }
             }
             Module::Stem => {
-                let s1: Vec<i32> = words1
-                    .iter()
-                    .map(|w| java_hash(&res.stemmer.stem(w)))
+                let s1: Vec<i32> = (0..n1)
+                    .map(|k| cache.stem(id1[k], &words1[k], res.stemmer))
                     .collect();
-                let s2: Vec<i32> = words2
-                    .iter()
-                    .map(|w| java_hash(&res.stemmer.stem(w)))
+                let s2: Vec<i32> = (0..n2)
+                    .map(|k| cache.stem(id2[k], &words2[k], res.stemmer))
                     .collect();
                 for j in 0..n2 {
                     for i in 0..n1 {
@@ -228,11 +345,19 @@ pub fn align(
             }
             Module::Synonym => {
                 let Some(syn) = res.synonyms else { continue };
-                let y1: Vec<HashSet<u32>> = words1.iter().map(|w| syn.all_synsets(w)).collect();
-                let y2: Vec<HashSet<u32>> = words2.iter().map(|w| syn.all_synsets(w)).collect();
+                for k in 0..n1 {
+                    cache.fill_syn(id1[k], &words1[k], syn);
+                }
+                for k in 0..n2 {
+                    cache.fill_syn(id2[k], &words2[k], syn);
+                }
+                let none: Vec<u32> = Vec::new();
+                let get = |i: usize| cache.info[i].syn.as_ref().unwrap_or(&none);
+                let y1: Vec<&Vec<u32>> = id1.iter().map(|&i| get(i)).collect();
+                let y2: Vec<&Vec<u32>> = id2.iter().map(|&i| get(i)).collect();
                 for j in 0..n2 {
                     for i in 0..n1 {
-                        if h1[i] != h2[j] && y1[i].iter().any(|s| y2[j].contains(s)) {
+                        if h1[i] != h2[j] && sorted_intersect(y1[i], y2[j]) {
                             add(single(j, i, mi), &mut cand, &mut cov1, &mut cov2);
                         }
                     }
@@ -240,8 +365,12 @@ pub fn align(
             }
             Module::Paraphrase => {
                 let Some(pt) = res.paraphrase else { continue };
-                let l1: Vec<i64> = words1.iter().map(|w| pt.word_id(w)).collect();
-                let l2: Vec<i64> = words2.iter().map(|w| pt.word_id(w)).collect();
+                let l1: Vec<i64> = (0..n1)
+                    .map(|k| cache.para(id1[k], &words1[k], pt))
+                    .collect();
+                let l2: Vec<i64> = (0..n2)
+                    .map(|k| cache.para(id2[k], &words2[k], pt))
+                    .collect();
                 let occurs = |line: &[i64], at: usize, words: &[u32]| {
                     words
                         .iter()
@@ -250,9 +379,9 @@ pub fn align(
                 };
                 // Paraphrases in line 1 of reference phrases of line 2.
                 for j in 0..n2 {
-                    for (len, words) in pt.paths(&l2, j) {
+                    for (len, words) in cache.paths(pt, &l2, &id2, j) {
                         for i in 0..n1 {
-                            if occurs(&l1, i, words) {
+                            if occurs(&l1, i, &words) {
                                 let m = Match {
                                     start: j,
                                     len,
@@ -267,9 +396,9 @@ pub fn align(
                 }
                 // Paraphrases in line 2 of phrases of line 1.
                 for i in 0..n1 {
-                    for (len, words) in pt.paths(&l1, i) {
+                    for (len, words) in cache.paths(pt, &l1, &id1, i) {
                         for j in 0..n2 {
-                            if occurs(&l2, j, words) {
+                            if occurs(&l2, j, &words) {
                                 let m = Match {
                                     start: j,
                                     len: words.len(),
@@ -342,8 +471,9 @@ pub fn align(
 fn resolve(cand: &[Vec<Match>], fixed: &[Option<Match>], start: Path, weights: &[f64]) -> Path {
     let n = cand.len();
     let mut paths: Vec<Path> = vec![start];
+    let mut next: Vec<Candidate> = Vec::new();
     for current in 0..=n {
-        let mut next: Vec<Candidate> = Vec::new();
+        next.clear();
         for (pi, path) in paths.iter().enumerate().take(BEAM) {
             let mut sc = path.score;
             if current == n {
@@ -444,6 +574,19 @@ fn resolve(cand: &[Vec<Match>], fixed: &[Option<Match>], start: Path, weights: &
         .into_iter()
         .next()
         .expect("the beam always keeps a path")
+}
+
+/// Whether two sorted id lists share an element.
+fn sorted_intersect(a: &[u32], b: &[u32]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => i += 1,
+            Ordering::Greater => j += 1,
+            Ordering::Equal => return true,
+        }
+    }
+    false
 }
 
 /// Chunks of a final alignment (contiguous, identically ordered runs).

@@ -17,18 +17,201 @@ use crate::util::fsio::atomic_write;
 
 const FUNCTION_FILE: &str = "function.words";
 const NBP_FILE: &str = "nonbreaking.prefixes";
-const SYNSETS_FILE: &str = "synonym.synsets";
-const EXCEPTIONS_FILE: &str = "synonym.exceptions";
+const SYN_FILE: &str = "synonym-en.idx";
 const PARA_FILE: &str = "paraphrase-en.idx";
 const MANIFEST_FILE: &str = "manifest.json";
 const PARA_MAGIC: &[u8; 16] = b"HDPO-METEOR-PAR1";
 
-/// WordNet synonym sets as METEOR's `SynonymDictionary` uses them.
-#[derive(Debug, Default)]
-pub struct Synonyms {
-    word_to_synsets: HashMap<String, Vec<u32>>,
-    word_to_bases: HashMap<String, Vec<String>>,
+/// Bytes of an index file: memory-mapped when loaded from disk, owned when
+/// built in memory.
+enum Buf {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
 }
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buf::Map(m) => m,
+            Buf::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for Buf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buf({} bytes)", self.len())
+    }
+}
+
+/// A section of an index file (byte range). u32 sections are little-endian.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sec {
+    at: usize,
+    len: usize,
+}
+
+impl Sec {
+    fn n_u32(&self) -> usize {
+        self.len / 4
+    }
+    /// Element `i` of a u32 section; `None` out of range (a corrupt file
+    /// then reads as "no entry", never as a panic).
+    fn u32(&self, b: &[u8], i: usize) -> Option<u32> {
+        if i >= self.n_u32() {
+            return None;
+        }
+        let o = self.at + 4 * i;
+        let s = b.get(o..o + 4)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+    fn bytes<'a>(&self, b: &'a [u8], from: usize, to: usize) -> Option<&'a [u8]> {
+        if from > to || to > self.len {
+            return None;
+        }
+        b.get(self.at + from..self.at + to)
+    }
+}
+
+/// Sections file: `magic (16 bytes)`, `count: u64`, then per section
+/// `len: u64` and its bytes, padded to a multiple of 4.
+fn write_sections(magic: &[u8; 16], secs: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&(secs.len() as u64).to_le_bytes());
+    for s in secs {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    out
+}
+
+fn read_sections(b: &[u8], magic: &[u8; 16], expected: usize) -> Result<Vec<Sec>> {
+    if b.len() < 24 || &b[..16] != magic {
+        bail!("not an hdpo METEOR index (bad header)");
+    }
+    let rd = |at: usize| -> Result<u64> {
+        let s = b.get(at..at + 8).context("index truncated")?;
+        Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
+    };
+    let n = rd(16)? as usize;
+    if n != expected {
+        bail!("index has {n} sections, expected {expected}");
+    }
+    let mut at = 24usize;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = rd(at)? as usize;
+        at += 8;
+        if b.len() < at || b.len() - at < len {
+            bail!("index truncated");
+        }
+        out.push(Sec { at, len });
+        at += len;
+        at = at.div_ceil(4) * 4;
+    }
+    Ok(out)
+}
+
+fn u32s(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Sorted string keys (offsets + bytes), each with a list of u32 values.
+#[derive(Clone, Copy, Debug, Default)]
+struct KeyTable {
+    key_off: Sec,
+    key_bytes: Sec,
+    val_off: Sec,
+    vals: Sec,
+}
+
+impl KeyTable {
+    /// Serialise `(key, values)` pairs, sorted by key bytes (keys unique).
+    fn build(mut items: Vec<(String, Vec<u32>)>) -> Result<[Vec<u8>; 4]> {
+        items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let (mut ko, mut kb, mut vo, mut vs) = (vec![0u32], Vec::new(), vec![0u32], Vec::new());
+        for (k, v) in items {
+            kb.extend_from_slice(k.as_bytes());
+            ko.push(u32::try_from(kb.len()).context("METEOR table too large")?);
+            vs.extend_from_slice(&v);
+            vo.push(u32::try_from(vs.len()).context("METEOR table too large")?);
+        }
+        Ok([u32s(&ko), kb, u32s(&vo), u32s(&vs)])
+    }
+
+    fn from_secs(s: &[Sec]) -> KeyTable {
+        KeyTable {
+            key_off: s[0],
+            key_bytes: s[1],
+            val_off: s[2],
+            vals: s[3],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.key_off.n_u32().saturating_sub(1)
+    }
+
+    fn key<'a>(&self, b: &'a [u8], i: usize) -> &'a [u8] {
+        match (self.key_off.u32(b, i), self.key_off.u32(b, i + 1)) {
+            (Some(x), Some(y)) => self
+                .key_bytes
+                .bytes(b, x as usize, y as usize)
+                .unwrap_or(&[]),
+            _ => &[],
+        }
+    }
+
+    /// Index of `key`, if present.
+    fn find(&self, b: &[u8], key: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (0usize, self.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.key(b, mid).cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    fn values(&self, b: &[u8], i: usize, out: &mut Vec<u32>) {
+        if let (Some(x), Some(y)) = (self.val_off.u32(b, i), self.val_off.u32(b, i + 1)) {
+            for k in x..y {
+                if let Some(v) = self.vals.u32(b, k as usize) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+}
+
+fn map_file(path: &Path) -> Result<Buf> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: the index is opened read-only and only read through bounds-checked
+    // accessors; like any mapped file it must not be truncated while in use
+    // (`hdpo eval meteor-data` replaces files by atomic rename, which does not).
+    let m = unsafe { memmap2::Mmap::map(&f) }
+        .with_context(|| format!("cannot map {}", path.display()))?;
+    Ok(Buf::Map(m))
+}
+
+/// WordNet synonym sets as METEOR's `SynonymDictionary` uses them, indexed:
+/// word -> synset ids, and irregular form -> the synsets of its base forms.
+#[derive(Debug)]
+pub struct Synonyms {
+    buf: Buf,
+    synsets: KeyTable,
+    exceptions: KeyTable,
+}
+
+const SYN_MAGIC: &[u8; 16] = b"HDPO-METEOR-SYN1";
 
 const SUFX: [&str; 20] = [
     "s", "ses", "xes", "zes", "ches", "shes", "men", "ies", "s", "ies", "es", "es", "ed", "ed",
@@ -39,20 +222,10 @@ const ADDR: [&str; 20] = [
 ];
 
 impl Synonyms {
-    /// Parse the `.synsets` (word line, synset-id line) and `.exceptions`
-    /// (base line, forms line) files.
-    pub fn parse(synsets: &str, exceptions: &str) -> Result<Synonyms> {
-        let mut s = Synonyms::default();
-        let mut lines = exceptions.lines();
-        while let Some(base) = lines.next() {
-            let forms = lines.next().unwrap_or("");
-            for form in super::normalize::java_tokens(forms) {
-                s.word_to_bases
-                    .entry(form.to_string())
-                    .or_default()
-                    .push(base.to_string());
-            }
-        }
+    /// Build the index from the jar's `english.synsets` (word line, synset-id
+    /// line) and `english.exceptions` (base line, forms line).
+    pub fn build(synsets: &str, exceptions: &str) -> Result<Vec<u8>> {
+        let mut word_to_synsets: HashMap<String, Vec<u32>> = HashMap::new();
         let mut lines = synsets.lines().enumerate();
         while let Some((_, word)) = lines.next() {
             let (ln, ids) = lines.next().unwrap_or((0, ""));
@@ -63,45 +236,83 @@ impl Synonyms {
                 })?);
             }
             // Java's Hashtable.put: a repeated word replaces the earlier set.
-            s.word_to_synsets.insert(word.to_string(), set);
+            word_to_synsets.insert(word.to_string(), set);
         }
-        Ok(s)
+        let mut word_to_bases: HashMap<String, Vec<String>> = HashMap::new();
+        let mut lines = exceptions.lines();
+        while let Some(base) = lines.next() {
+            let forms = lines.next().unwrap_or("");
+            for form in super::normalize::java_tokens(forms) {
+                word_to_bases
+                    .entry(form.to_string())
+                    .or_default()
+                    .push(base.to_string());
+            }
+        }
+        let exc: Vec<(String, Vec<u32>)> = word_to_bases
+            .into_iter()
+            .map(|(form, bases)| {
+                let mut ids: Vec<u32> = bases
+                    .iter()
+                    .flat_map(|b| word_to_synsets.get(b).cloned().unwrap_or_default())
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                (form, ids)
+            })
+            .collect();
+        let [a, b, c, d] = KeyTable::build(word_to_synsets.into_iter().collect())?;
+        let [e, f, g, h] = KeyTable::build(exc)?;
+        Ok(write_sections(SYN_MAGIC, &[a, b, c, d, e, f, g, h]))
     }
 
-    fn synsets(&self, word: &str) -> &[u32] {
-        self.word_to_synsets
-            .get(word)
-            .map(|v| v.as_slice())
-            .unwrap_or(&[])
+    fn from_buf(buf: Buf) -> Result<Synonyms> {
+        let s = read_sections(&buf, SYN_MAGIC, 8)?;
+        Ok(Synonyms {
+            synsets: KeyTable::from_secs(&s[0..4]),
+            exceptions: KeyTable::from_secs(&s[4..8]),
+            buf,
+        })
     }
 
-    /// WordNet 3 morphology as in METEOR (`morph`): first suffix rule whose
-    /// base form has synsets; `""` when none.
-    fn morph(&self, word: &str) -> String {
+    /// Index bytes built in memory (tests).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Synonyms> {
+        Synonyms::from_buf(Buf::Owned(bytes))
+    }
+
+    /// WordNet 3 morphology as in METEOR (`morph`): the first suffix rule
+    /// whose base form has synsets; `None` when none does.
+    fn morph(&self, word: &str) -> Option<String> {
         if word.ends_with("ss") || word.encode_utf16().count() <= 2 {
-            return word.to_string();
+            return Some(word.to_string());
         }
         for (suf, add) in SUFX.iter().zip(ADDR.iter()) {
             if let Some(stem) = word.strip_suffix(suf) {
                 let cand = format!("{stem}{add}");
-                if self.word_to_synsets.contains_key(&cand) {
-                    return cand;
+                if self.synsets.find(&self.buf, cand.as_bytes()).is_some() {
+                    return Some(cand);
                 }
             }
         }
-        String::new()
+        None
     }
 
-    /// `getSynSets(word) ∪ getStemSynSets(word)`.
-    pub fn all_synsets(&self, word: &str) -> HashSet<u32> {
-        let mut out: HashSet<u32> = self.synsets(word).iter().copied().collect();
-        if let Some(bases) = self.word_to_bases.get(word) {
-            for b in bases {
-                out.extend(self.synsets(b).iter().copied());
-            }
-        } else {
-            out.extend(self.synsets(&self.morph(word)).iter().copied());
+    /// `getSynSets(word) ∪ getStemSynSets(word)`, sorted and deduplicated.
+    pub fn all_synsets(&self, word: &str) -> Vec<u32> {
+        let b = &self.buf;
+        let mut out = Vec::new();
+        if let Some(i) = self.synsets.find(b, word.as_bytes()) {
+            self.synsets.values(b, i, &mut out);
         }
+        if let Some(i) = self.exceptions.find(b, word.as_bytes()) {
+            self.exceptions.values(b, i, &mut out);
+        } else if let Some(base) = self.morph(word) {
+            if let Some(i) = self.synsets.find(b, base.as_bytes()) {
+                self.synsets.values(b, i, &mut out);
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -109,56 +320,90 @@ impl Synonyms {
 /// The paraphrase table as a sorted, binary-searchable index: vocabulary
 /// (sorted strings), phrases (sorted word-id sequences), and for each phrase
 /// the paraphrases listed for it, in the order of the original file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ParaphraseTable {
-    vocab_off: Vec<u32>,
-    vocab_bytes: Vec<u8>,
-    phrase_off: Vec<u32>,
-    phrase_words: Vec<u32>,
-    group_off: Vec<u32>,
-    group_items: Vec<u32>,
+    buf: Buf,
+    vocab: KeyTable,
+    phrase_off: Sec,
+    phrase_words: Sec,
+    group_off: Sec,
+    group_items: Sec,
     max_len: usize,
 }
 
 impl ParaphraseTable {
-    fn word(&self, i: usize) -> &[u8] {
-        &self.vocab_bytes[self.vocab_off[i] as usize..self.vocab_off[i + 1] as usize]
+    fn phrase(&self, i: usize) -> Vec<u32> {
+        let b = &self.buf;
+        let mut out = Vec::new();
+        if let (Some(x), Some(y)) = (self.phrase_off.u32(b, i), self.phrase_off.u32(b, i + 1)) {
+            for k in x..y {
+                match self.phrase_words.u32(b, k as usize) {
+                    Some(w) => out.push(w),
+                    None => break,
+                }
+            }
+        }
+        out
     }
 
-    fn phrase(&self, i: usize) -> &[u32] {
-        &self.phrase_words[self.phrase_off[i] as usize..self.phrase_off[i + 1] as usize]
+    /// Longest phrase, in words.
+    pub fn max_phrase_len(&self) -> usize {
+        self.max_len
     }
 
     /// Number of phrases.
     pub fn n_phrases(&self) -> usize {
-        self.phrase_off.len().saturating_sub(1)
+        self.phrase_off.n_u32().saturating_sub(1)
     }
 
     /// Number of (phrase, paraphrase) entries.
     pub fn n_entries(&self) -> usize {
-        self.group_items.len()
+        self.group_items.n_u32()
     }
 
     /// Word id of `w`, or -1 when the table does not know it.
     pub fn word_id(&self, w: &str) -> i64 {
-        let n = self.vocab_off.len().saturating_sub(1);
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            match self.word(mid).cmp(w.as_bytes()) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return mid as i64,
-            }
-        }
-        -1
+        self.vocab
+            .find(&self.buf, w.as_bytes())
+            .map(|i| i as i64)
+            .unwrap_or(-1)
     }
 
-    fn lower_bound(&self, key: &[u32]) -> usize {
-        let (mut lo, mut hi) = (0usize, self.n_phrases());
+    /// Range of phrase `i`'s words in the word section.
+    fn phrase_range(&self, i: usize) -> (usize, usize) {
+        let b = &self.buf;
+        match (self.phrase_off.u32(b, i), self.phrase_off.u32(b, i + 1)) {
+            (Some(x), Some(y)) if x <= y => (x as usize, y as usize),
+            _ => (0, 0),
+        }
+    }
+
+    /// Compare phrase `i` with `key` (lexicographic), and whether `key` is a
+    /// prefix of it; no allocation.
+    fn phrase_cmp(&self, i: usize, key: &[u32]) -> (std::cmp::Ordering, bool) {
+        let b = &self.buf;
+        let (x, y) = self.phrase_range(i);
+        for (k, &kw) in key.iter().enumerate() {
+            if x + k >= y {
+                return (std::cmp::Ordering::Less, false);
+            }
+            let w = self.phrase_words.u32(b, x + k).unwrap_or(u32::MAX);
+            match w.cmp(&kw) {
+                std::cmp::Ordering::Equal => {}
+                o => return (o, false),
+            }
+        }
+        if y - x == key.len() {
+            (std::cmp::Ordering::Equal, true)
+        } else {
+            (std::cmp::Ordering::Greater, true)
+        }
+    }
+
+    fn lower_bound_in(&self, key: &[u32], mut lo: usize, mut hi: usize) -> usize {
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.phrase(mid) < key {
+            if self.phrase_cmp(mid, key).0 == std::cmp::Ordering::Less {
                 lo = mid + 1;
             } else {
                 hi = mid;
@@ -167,38 +412,71 @@ impl ParaphraseTable {
         lo
     }
 
+    /// The block of phrases whose first word is `w` (a range of phrase indices).
+    pub fn first_word_block(&self, w: u32) -> (usize, usize) {
+        let n = self.n_phrases();
+        let lo = self.lower_bound_in(&[w], 0, n);
+        let hi = match w.checked_add(1) {
+            Some(w1) => self.lower_bound_in(&[w1], lo, n),
+            None => n,
+        };
+        (lo, hi)
+    }
+
     /// Paraphrases of the phrases starting at `words[start]`, as
     /// `(phrase length, paraphrase word ids)`, by increasing length and then
     /// in file order (the order of METEOR's transducer).
-    pub fn paths(&self, words: &[i64], start: usize) -> Vec<(usize, &[u32])> {
+    pub fn paths(&self, words: &[i64], start: usize) -> Vec<(usize, Vec<u32>)> {
+        match words.get(start) {
+            Some(&w) if w >= 0 => self.paths_in(words, start, self.first_word_block(w as u32)),
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`ParaphraseTable::paths`] given the first word's block.
+    pub fn paths_in(
+        &self,
+        words: &[i64],
+        start: usize,
+        block: (usize, usize),
+    ) -> Vec<(usize, Vec<u32>)> {
+        let b = &self.buf;
         let mut out = Vec::new();
         let mut key: Vec<u32> = Vec::new();
-        for len in 1..=self.max_len.min(words.len() - start) {
+        let (mut lo, hi) = block;
+        for len in 1..=self.max_len.min(words.len().saturating_sub(start)) {
             let w = words[start + len - 1];
             if w < 0 {
                 break;
             }
             key.push(w as u32);
-            let pos = self.lower_bound(&key);
-            if pos >= self.n_phrases() || !self.phrase(pos).starts_with(&key) {
+            let pos = self.lower_bound_in(&key, lo, hi);
+            if pos >= hi {
                 break;
             }
-            if self.phrase(pos) == key.as_slice() {
-                let (a, b) = (
-                    self.group_off[pos] as usize,
-                    self.group_off[pos + 1] as usize,
-                );
-                for &p in &self.group_items[a..b] {
-                    out.push((len, self.phrase(p as usize)));
+            let (ord, prefix) = self.phrase_cmp(pos, &key);
+            if !prefix {
+                break;
+            }
+            lo = pos;
+            if ord == std::cmp::Ordering::Equal {
+                if let (Some(x), Some(y)) =
+                    (self.group_off.u32(b, pos), self.group_off.u32(b, pos + 1))
+                {
+                    for k in x..y {
+                        if let Some(p) = self.group_items.u32(b, k as usize) {
+                            out.push((len, self.phrase(p as usize)));
+                        }
+                    }
                 }
             }
         }
         out
     }
 
-    /// Build the index from the text of `paraphrase-en.gz` (decompressed
+    /// Build the index bytes from the text of `paraphrase-en.gz` (decompressed
     /// lines: probability, phrase, paraphrase; repeated).
-    pub fn from_reader<R: BufRead>(reader: R) -> Result<ParaphraseTable> {
+    pub fn build<R: BufRead>(reader: R) -> Result<Vec<u8>> {
         let mut vocab: HashMap<String, u32> = HashMap::new();
         let mut phrase_ids: HashMap<Vec<u32>, u32> = HashMap::new();
         let mut phrases: Vec<Vec<u32>> = Vec::new();
@@ -224,50 +502,43 @@ impl ParaphraseTable {
         };
         while let Some(prob) = lines.next() {
             prob.with_context(|| format!("paraphrase table, line {}", ln + 1))?;
-            let r = lines
-                .next()
-                .with_context(|| {
-                    format!("paraphrase table ends inside the entry at line {}", ln + 1)
-                })?
-                .with_context(|| format!("paraphrase table, line {}", ln + 2))?;
-            let p = lines
-                .next()
-                .with_context(|| {
-                    format!("paraphrase table ends inside the entry at line {}", ln + 1)
-                })?
-                .with_context(|| format!("paraphrase table, line {}", ln + 3))?;
+            let mut next = |k: usize| -> Result<String> {
+                lines
+                    .next()
+                    .with_context(|| {
+                        format!("paraphrase table ends inside the entry at line {}", ln + 1)
+                    })?
+                    .with_context(|| format!("paraphrase table, line {}", ln + k))
+            };
+            let r = next(2)?;
+            let p = next(3)?;
             ln += 3;
             let rid = intern(&r, &mut vocab, &mut phrase_ids, &mut phrases);
             let pid = intern(&p, &mut vocab, &mut phrase_ids, &mut phrases);
             pairs.push((rid, pid));
         }
         drop(phrase_ids);
-        // Sort the vocabulary and remap word ids.
+        // Sorted vocabulary; remap word ids.
         let mut words: Vec<(String, u32)> = vocab.into_iter().collect();
         words.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut word_map = vec![0u32; words.len()];
-        let mut vocab_off = Vec::with_capacity(words.len() + 1);
-        let mut vocab_bytes = Vec::new();
-        vocab_off.push(0u32);
-        for (new, (w, old)) in words.iter().enumerate() {
+        for (new, (_, old)) in words.iter().enumerate() {
             word_map[*old as usize] = new as u32;
-            vocab_bytes.extend_from_slice(w.as_bytes());
-            vocab_off
-                .push(u32::try_from(vocab_bytes.len()).context("paraphrase vocabulary too large")?);
         }
+        let [vk, vb, vo, vv] =
+            KeyTable::build(words.into_iter().map(|(w, _)| (w, Vec::new())).collect())?;
         for ph in phrases.iter_mut() {
             for w in ph.iter_mut() {
                 *w = word_map[*w as usize];
             }
         }
-        // Sort phrases and remap phrase ids.
+        // Sorted phrases; remap phrase ids.
         let mut order: Vec<u32> = (0..phrases.len() as u32).collect();
         order.sort_by(|&a, &b| phrases[a as usize].cmp(&phrases[b as usize]));
         let mut phrase_map = vec![0u32; phrases.len()];
-        let mut phrase_off = Vec::with_capacity(phrases.len() + 1);
+        let mut phrase_off = vec![0u32];
         let mut phrase_words = Vec::new();
-        phrase_off.push(0u32);
-        let mut max_len = 0;
+        let mut max_len = 0usize;
         for (new, &old) in order.iter().enumerate() {
             phrase_map[old as usize] = new as u32;
             let ph = &phrases[old as usize];
@@ -290,109 +561,47 @@ impl ParaphraseTable {
         for i in 0..order.len() {
             group_off[i + 1] += group_off[i];
         }
-        let group_items = pairs.iter().map(|p| p.1).collect();
-        Ok(ParaphraseTable {
-            vocab_off,
-            vocab_bytes,
-            phrase_off,
-            phrase_words,
-            group_off,
-            group_items,
-            max_len,
-        })
+        let group_items: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        Ok(write_sections(
+            PARA_MAGIC,
+            &[
+                vk,
+                vb,
+                vo,
+                vv,
+                u32s(&phrase_off),
+                u32s(&phrase_words),
+                u32s(&group_off),
+                u32s(&group_items),
+                (max_len as u64).to_le_bytes().to_vec(),
+            ],
+        ))
     }
 
-    /// Serialise the index (little-endian arrays after a magic header).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(PARA_MAGIC);
-        out.extend_from_slice(&(self.max_len as u64).to_le_bytes());
-        let put = |out: &mut Vec<u8>, v: &[u32]| {
-            out.extend_from_slice(&(v.len() as u64).to_le_bytes());
-            for x in v {
-                out.extend_from_slice(&x.to_le_bytes());
-            }
-        };
-        put(&mut out, &self.vocab_off);
-        out.extend_from_slice(&(self.vocab_bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(&self.vocab_bytes);
-        put(&mut out, &self.phrase_off);
-        put(&mut out, &self.phrase_words);
-        put(&mut out, &self.group_off);
-        put(&mut out, &self.group_items);
-        out
-    }
-
-    /// Read an index written by [`ParaphraseTable::to_bytes`], checking its structure.
-    pub fn from_bytes(b: &[u8]) -> Result<ParaphraseTable> {
-        if b.len() < 24 || &b[..16] != PARA_MAGIC {
-            bail!("not an hdpo METEOR paraphrase index (bad header)");
-        }
-        let mut at = 16usize;
-        let take_u64 = |at: &mut usize| -> Result<u64> {
-            let s = b.get(*at..*at + 8).context("paraphrase index truncated")?;
-            *at += 8;
-            Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
-        };
-        let max_len = take_u64(&mut at)? as usize;
-        let take_vec = |at: &mut usize| -> Result<Vec<u32>> {
-            let n = take_u64(at)? as usize;
-            let s = b
-                .get(*at..*at + n.checked_mul(4).context("paraphrase index corrupt")?)
-                .context("paraphrase index truncated")?;
-            *at += n * 4;
-            Ok(s.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        };
-        let vocab_off = take_vec(&mut at)?;
-        let nb = take_u64(&mut at)? as usize;
-        let vocab_bytes = b
-            .get(at..at + nb)
-            .context("paraphrase index truncated")?
-            .to_vec();
-        at += nb;
-        let phrase_off = take_vec(&mut at)?;
-        let phrase_words = take_vec(&mut at)?;
-        let group_off = take_vec(&mut at)?;
-        let group_items = take_vec(&mut at)?;
+    fn from_buf(buf: Buf) -> Result<ParaphraseTable> {
+        let s = read_sections(&buf, PARA_MAGIC, 9)?;
+        let ml = s[8]
+            .bytes(&buf, 0, 8)
+            .context("paraphrase index truncated")?;
+        let max_len = u64::from_le_bytes(ml.try_into().expect("8 bytes")) as usize;
         let t = ParaphraseTable {
-            vocab_off,
-            vocab_bytes,
-            phrase_off,
-            phrase_words,
-            group_off,
-            group_items,
-            max_len,
+            vocab: KeyTable::from_secs(&s[0..4]),
+            phrase_off: s[4],
+            phrase_words: s[5],
+            group_off: s[6],
+            group_items: s[7],
+            max_len: max_len.min(64),
+            buf,
         };
-        t.check()?;
+        if t.group_off.n_u32() != t.phrase_off.n_u32() {
+            bail!("paraphrase index corrupt (group table size)");
+        }
         Ok(t)
     }
 
-    fn check(&self) -> Result<()> {
-        let mono = |v: &[u32], end: usize, what: &str| -> Result<()> {
-            if v.is_empty()
-                || v[0] != 0
-                || v.windows(2).any(|w| w[0] > w[1])
-                || *v.last().expect("non-empty") as usize != end
-            {
-                bail!("paraphrase index corrupt ({what} offsets)");
-            }
-            Ok(())
-        };
-        mono(&self.vocab_off, self.vocab_bytes.len(), "vocabulary")?;
-        mono(&self.phrase_off, self.phrase_words.len(), "phrase")?;
-        mono(&self.group_off, self.group_items.len(), "group")?;
-        let nv = self.vocab_off.len() - 1;
-        let np = self.phrase_off.len() - 1;
-        if self.group_off.len() != np + 1
-            || self.phrase_words.iter().any(|&w| w as usize >= nv)
-            || self.group_items.iter().any(|&p| p as usize >= np)
-            || std::str::from_utf8(&self.vocab_bytes).is_err()
-        {
-            bail!("paraphrase index corrupt (ids out of range)");
-        }
-        Ok(())
+    /// Index bytes built in memory (tests).
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<ParaphraseTable> {
+        ParaphraseTable::from_buf(Buf::Owned(bytes))
     }
 }
 
@@ -430,14 +639,14 @@ impl MeteorData {
             .map(str::to_string)
             .collect();
         let nbp = parse_nbp(&read_text(dir, NBP_FILE)?);
-        let synonyms = Some(Synonyms::parse(
-            &read_text(dir, SYNSETS_FILE)?,
-            &read_text(dir, EXCEPTIONS_FILE)?,
-        )?);
+        let sp = dir.join(SYN_FILE);
+        let synonyms = Some(
+            Synonyms::from_buf(map_file(&sp)?).with_context(|| format!("in {}", sp.display()))?,
+        );
         let pp = dir.join(PARA_FILE);
-        let bytes = std::fs::read(&pp).with_context(|| format!("cannot read {}", pp.display()))?;
         let paraphrase = Some(
-            ParaphraseTable::from_bytes(&bytes).with_context(|| format!("in {}", pp.display()))?,
+            ParaphraseTable::from_buf(map_file(&pp)?)
+                .with_context(|| format!("in {}", pp.display()))?,
         );
         Ok(MeteorData {
             function_words,
@@ -521,19 +730,23 @@ pub fn build_data_dir(from: &Path, out: &Path) -> Result<BuildSummary> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     atomic_write(&out.join(FUNCTION_FILE), &get("function/english.words")?)?;
     atomic_write(&out.join(NBP_FILE), &get("nonbreaking/english.prefixes")?)?;
-    atomic_write(&out.join(SYNSETS_FILE), &get("synonym/english.synsets")?)?;
-    atomic_write(
-        &out.join(EXCEPTIONS_FILE),
-        &get("synonym/english.exceptions")?,
+    let text = |name: &str| -> Result<String> {
+        String::from_utf8(get(name)?).with_context(|| format!("{name} is not valid UTF-8"))
+    };
+    let syn = Synonyms::build(
+        &text("synonym/english.synsets")?,
+        &text("synonym/english.exceptions")?,
     )?;
+    atomic_write(&out.join(SYN_FILE), &syn)?;
     let mut gz = flate2::read::MultiGzDecoder::new(para.as_slice());
     let mut text = Vec::new();
     gz.read_to_end(&mut text)
         .with_context(|| format!("cannot decompress {}", para_path.display()))?;
-    let table = ParaphraseTable::from_reader(BufReader::new(text.as_slice()))
+    let bytes = ParaphraseTable::build(BufReader::new(text.as_slice()))
         .with_context(|| format!("in {}", para_path.display()))?;
     drop(text);
-    atomic_write(&out.join(PARA_FILE), &table.to_bytes())?;
+    let table = ParaphraseTable::from_bytes(bytes)?;
+    atomic_write(&out.join(PARA_FILE), &table.buf)?;
     let manifest = serde_json::json!({
         "format": "hdpo meteor data 1",
         "source_jar": jar_path.display().to_string(),
@@ -560,23 +773,38 @@ mod tests {
     #[test]
     fn paraphrase_index_roundtrip_and_order() {
         let text = "0.5\na b\nc\n0.1\na\nd e\n0.2\na b\nf\n0.3\nx\ny\n";
-        let t = ParaphraseTable::from_reader(BufReader::new(text.as_bytes())).unwrap();
-        let t = ParaphraseTable::from_bytes(&t.to_bytes()).unwrap();
+        let t = ParaphraseTable::from_bytes(
+            ParaphraseTable::build(BufReader::new(text.as_bytes())).unwrap(),
+        )
+        .unwrap();
         let ids: Vec<i64> = ["a", "b", "zz"].iter().map(|w| t.word_id(w)).collect();
         assert_eq!(ids[2], -1);
         let p = t.paths(&ids, 0);
-        let words = |ph: &[u32]| -> Vec<String> {
-            ph.iter()
-                .map(|&w| String::from_utf8(t.word(w as usize).to_vec()).unwrap())
-                .collect()
-        };
-        assert_eq!(p.len(), 3);
+        let id = |w: &str| t.word_id(w) as u32;
         assert_eq!(
-            (p[0].0, words(p[0].1)),
-            (1, vec!["d".to_string(), "e".to_string()])
+            p,
+            vec![
+                (1, vec![id("d"), id("e")]),
+                (2, vec![id("c")]),
+                (2, vec![id("f")])
+            ]
         );
-        assert_eq!((p[1].0, words(p[1].1)), (2, vec!["c".to_string()]));
-        assert_eq!((p[2].0, words(p[2].1)), (2, vec!["f".to_string()]));
-        assert!(ParaphraseTable::from_bytes(b"garbage").is_err());
+        assert!(ParaphraseTable::from_bytes(b"garbage".to_vec()).is_err());
+        // A truncated index fails cleanly.
+        let mut b = ParaphraseTable::build(BufReader::new(text.as_bytes())).unwrap();
+        b.truncate(b.len() - 10);
+        assert!(ParaphraseTable::from_bytes(b).is_err());
+    }
+
+    #[test]
+    fn synonyms_with_exceptions_and_morphology() {
+        let syn = Synonyms::from_bytes(
+            Synonyms::build("big\n1 2\nlarge\n2\nmouse\n7\nbox\n9\n", "mouse\nmice\n").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(syn.all_synsets("big"), vec![1, 2]);
+        assert_eq!(syn.all_synsets("mice"), vec![7]);
+        assert_eq!(syn.all_synsets("boxes"), vec![9]);
+        assert!(syn.all_synsets("unknown").is_empty());
     }
 }

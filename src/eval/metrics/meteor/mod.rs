@@ -255,6 +255,15 @@ impl Meteor {
     /// Statistics of one hypothesis against one reference, as the jar's
     /// `SCORE ||| reference ||| hypothesis` line computes them.
     pub fn stats(&self, hypothesis: &str, reference: &str) -> MeteorStats {
+        self.stats_with(&mut align::WordCache::default(), hypothesis, reference)
+    }
+
+    fn stats_with(
+        &self,
+        cache: &mut align::WordCache,
+        hypothesis: &str,
+        reference: &str,
+    ) -> MeteorStats {
         let w1 = self.tokens(hypothesis);
         let w2 = self.tokens(reference);
         let res = align::Resources {
@@ -262,7 +271,7 @@ impl Meteor {
             synonyms: self.data.synonyms.as_ref(),
             paraphrase: self.data.paraphrase.as_ref(),
         };
-        let a = align::align(&w1, &w2, &self.modules, &res);
+        let a = align::align(&w1, &w2, &self.modules, &res, cache);
         let nm = self.modules.len();
         let is_fn1: Vec<bool> = w1
             .iter()
@@ -326,7 +335,9 @@ impl Meteor {
         use rayon::prelude::*;
         let stats: Vec<MeteorStats> = pairs
             .par_iter()
-            .map(|(h, r)| self.stats(&Meteor::pycoco_hypothesis(h), r))
+            .map_init(align::WordCache::default, |c, (h, r)| {
+                self.stats_with(c, &Meteor::pycoco_hypothesis(h), r)
+            })
             .collect();
         let mut total = MeteorStats::default();
         for s in &stats {
