@@ -15,6 +15,7 @@ pub mod curate;
 pub mod data;
 pub mod encode;
 pub mod eval;
+pub mod experiment;
 pub mod heatmap;
 pub mod model;
 pub mod train;

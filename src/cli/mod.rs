@@ -7,7 +7,9 @@ pub mod align;
 pub mod bench;
 pub mod curate;
 pub mod data;
+pub mod demo;
 pub mod eval;
+pub mod experiment;
 pub mod model;
 pub mod phantom;
 pub mod progress;
@@ -59,6 +61,10 @@ pub enum Command {
         #[command(subcommand)]
         cmd: eval::EvalCmd,
     },
+    /// Run an experiment grid (paper Tables 1-5): results.json, tables.md, plots.
+    Experiment(experiment::ExperimentArgs),
+    /// The whole pipeline on the phantom benchmark in one command (phantom numbers).
+    Demo(demo::DemoArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -77,6 +83,8 @@ pub fn run() -> Result<()> {
         Command::Predict(a) => train::predict(a),
         Command::Bench { cmd } => bench::run(cmd),
         Command::Eval { cmd } => eval::run(cmd),
+        Command::Experiment(a) => experiment::run(a),
+        Command::Demo(a) => demo::run(a),
     }
 }
 

@@ -2,4 +2,6 @@
 
 pub mod metrics;
 pub mod plot;
+pub mod probe;
+pub mod subsets;
 pub mod tables;
