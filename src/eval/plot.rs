@@ -177,7 +177,14 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
         .collect();
     let top = finite.iter().copied().fold(0.0f64, f64::max);
     let bottom = finite.iter().copied().fold(0.0f64, f64::min);
-    let y1 = if top > 0.0 { top * 1.15 } else { 1.0 };
+    // Headroom above the tallest bar for the upper-right legend (about 4.5% of
+    // the plot height per entry), so the legend never covers a bar.
+    let legend_share = (0.05 + 0.045 * labels.len() as f64).min(0.6);
+    let y1 = if top > 0.0 {
+        top * 1.08 / (1.0 - legend_share)
+    } else {
+        1.0
+    };
     let y0 = if bottom < 0.0 { bottom * 1.15 } else { 0.0 };
     let slots = labels.len() + 1; // one empty slot between groups
     let n_x = groups.len() * slots;
