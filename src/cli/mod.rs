@@ -10,6 +10,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod experiment;
+pub mod init_model;
 pub mod model;
 pub mod phantom;
 pub mod progress;
@@ -47,6 +48,8 @@ pub enum Command {
     },
     /// Merge a LoRA adapter into full weights.
     Merge(model::MergeArgs),
+    /// A tiny LLaVA with random weights and a word-level tokenizer from a dataset's texts.
+    InitModel(init_model::InitModelArgs),
     /// Train LoRA adapters: HDPO (Eq. 13), DPO (Eq. 1) on pair files, or SFT on a dataset.
     Train(Box<train::TrainArgs>),
     /// Answer a dataset with greedy generation; writes the rows `hdpo eval` reads.
@@ -79,6 +82,7 @@ pub fn run() -> Result<()> {
         Command::Generate(a) => model::generate(a),
         Command::Model { cmd } => model::model_cmd(cmd),
         Command::Merge(a) => model::merge(a),
+        Command::InitModel(a) => init_model::run(a),
         Command::Train(a) => train::train(*a),
         Command::Predict(a) => train::predict(a),
         Command::Bench { cmd } => bench::run(cmd),

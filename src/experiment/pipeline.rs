@@ -577,28 +577,9 @@ fn prepare_base(
     if stage_done(&dir, fingerprint) {
         return Ok(((load_tok(&dir)?, dir), "reused".into()));
     }
-    // The vocabulary: every training text, the prompts and the medical terms.
     let train = all_train(datasets);
-    let mut texts: Vec<String> = train
-        .iter()
-        .flat_map(|s| [s.answer.clone(), baselines::common::prompt_of(s)])
-        .collect();
-    texts.push(template.prompt_text("", false));
-    texts.push(baselines::common::REPORT_PROMPT.into());
-    texts.push("no abnormalities yes no".into());
-    texts.extend(
-        crate::data::phantom::text::vocabulary()
-            .into_iter()
-            .map(|(t, _)| t),
-    );
-    let tok = tiny::word_tokenizer(&texts)?;
+    let (mut model, tok) = tiny::init_tiny_model(&cfg.model, &train, template, cfg.seed)?;
     let vocab = tok.get_vocab_size(true);
-    let mcfg = tiny::tiny_config(&cfg.model, vocab)?;
-    let opts = crate::model::LoadOptions {
-        device: crate::model::parse_device(&cfg.model.device)?,
-        dtype: None,
-    };
-    let mut model = LlavaModel::random(mcfg, Some(cfg.seed), &opts)?;
     let vars = tiny::make_trainable(&mut model)?;
     let ttok = tiny::text_tokenizer(tok.clone());
     let examples = pieces::sft_examples(&train)?;

@@ -138,6 +138,39 @@ pub fn tiny_config(m: &ModelConfig, vocab_size: usize) -> Result<LlavaConfig> {
     LlavaConfig::from_json(&v, "the tiny LLaVA config")
 }
 
+/// A tiny LLaVA with random weights (seeded) and its word-level tokenizer,
+/// whose vocabulary is every training answer and prompt of `train`, the chat
+/// template's fixed text, the curation's replacement phrases and the
+/// phantom's medical terms (so every perturbed answer stays in vocabulary).
+/// This is `hdpo init-model` and the first step of the demo's base model.
+pub fn init_tiny_model(
+    m: &ModelConfig,
+    train: &[crate::data::Sample],
+    template: crate::model::ChatTemplate,
+    seed: u64,
+) -> Result<(LlavaModel, Tokenizer)> {
+    let mut texts: Vec<String> = train
+        .iter()
+        .flat_map(|s| [s.answer.clone(), super::baselines::common::prompt_of(s)])
+        .collect();
+    texts.push(template.prompt_text("", false));
+    texts.push(super::baselines::common::REPORT_PROMPT.into());
+    texts.push("no abnormalities yes no".into());
+    texts.extend(
+        crate::data::phantom::text::vocabulary()
+            .into_iter()
+            .map(|(t, _)| t),
+    );
+    let tok = word_tokenizer(&texts)?;
+    let cfg = tiny_config(m, tok.get_vocab_size(true))?;
+    let opts = crate::model::LoadOptions {
+        device: crate::model::parse_device(&m.device)?,
+        dtype: None,
+    };
+    let model = LlavaModel::random(cfg, Some(seed), &opts)?;
+    Ok((model, tok))
+}
+
 /// Make every weight matrix, embedding and norm of `model` a [`Var`] (in
 /// place) and return them by name, for full-weight training. Linear layers
 /// then take candle's differentiable `matmul` path (`model::ops::frozen_linear`
