@@ -1,13 +1,16 @@
 //! The Llama / Mistral decoder, built for training: grouped-query attention
 //! with RoPE (HF `rotate_half` form, configured theta), RMSNorm, SwiGLU MLP,
 //! optional sliding window, logits at every position and a padding mask.
-//! Every op on the training path is differentiable (DESIGN.md section 4).
+//! Every op on the training path is differentiable (DESIGN.md section 4); on
+//! the CPU the norms, RoPE, softmax and SwiGLU product are the fused kernels
+//! of [`super::fused`], elsewhere their composed forms.
 //! Generation uses the same layers with a [`KvCache`].
 
 use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::config::TextConfig;
-use super::nn::{mask_value, rms_norm, softmax_last, Fwd, LoraLinear};
+use super::fused::{attention_softmax, rms_norm, rope, silu_mul};
+use super::nn::{mask_value, Fwd, LoraLinear};
 
 /// Self-attention of one decoder layer.
 #[derive(Clone, Debug)]
@@ -197,8 +200,8 @@ impl Attention {
             .reshape((b, t, nkv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = candle_nn::rotary_emb::rope_slow(&q, cos, sin)?;
-        let mut k = candle_nn::rotary_emb::rope_slow(&k, cos, sin)?;
+        let q = rope(&q, cos, sin)?;
+        let mut k = rope(&k, cos, sin)?;
         let mut v = v;
         if let Some(c) = cache {
             if let Some((pk, pv)) = c.as_ref() {
@@ -210,15 +213,7 @@ impl Attention {
         let k = repeat_kv(&k, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            att = att.broadcast_add(m)?;
-        }
-        let dt = att.dtype();
-        let att = match dt {
-            DType::F16 | DType::BF16 => softmax_last(&att.to_dtype(DType::F32)?)?.to_dtype(dt)?,
-            _ => softmax_last(&att)?,
-        };
+        let att = attention_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * hd))?;
         self.o_proj.forward(&y, fwd)
     }
@@ -226,9 +221,9 @@ impl Attention {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, fwd: &Fwd) -> CResult<Tensor> {
-        let g = self.gate_proj.forward(x, fwd)?.silu()?;
+        let g = self.gate_proj.forward(x, fwd)?;
         let u = self.up_proj.forward(x, fwd)?;
-        self.down_proj.forward(&(g * u)?, fwd)
+        self.down_proj.forward(&silu_mul(&g, &u)?, fwd)
     }
 }
 
