@@ -459,33 +459,12 @@ fn prepare_encoder(
     if stage_done(&dir, fingerprint) {
         return Ok((DualEncoder::load(&dir, &opts)?, "reused".into()));
     }
-    // Report samples pair an image with its findings: the alignment data.
-    let mut pairs = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for s in datasets.iter().flat_map(|d| d.train.iter()) {
-        if s.answer_type != AnswerType::Report {
-            continue;
-        }
-        if let Some(img) = s.images.first() {
-            if seen.insert(img.clone()) {
-                pairs.push(crate::encode::align::AlignPair {
-                    image: crate::encode::align::PairImage::Path(img.clone()),
-                    text: s.answer.clone(),
-                });
-            }
-        }
-    }
-    if pairs.is_empty() {
-        // VQA-only runs: question + answer as the text.
-        for s in datasets.iter().flat_map(|d| d.train.iter()) {
-            if let Some(img) = s.images.first() {
-                pairs.push(crate::encode::align::AlignPair {
-                    image: crate::encode::align::PairImage::Path(img.clone()),
-                    text: format!("{} {}", s.question.clone().unwrap_or_default(), s.answer),
-                });
-            }
-        }
-    }
+    // Report samples pair an image with its findings (VQA-only runs: question + answer).
+    let train: Vec<crate::data::Sample> = datasets
+        .iter()
+        .flat_map(|d| d.train.iter().cloned())
+        .collect();
+    let pairs = crate::encode::align::pairs_from_samples(&train);
     let e = &cfg.encoder;
     let acfg = crate::encode::align::AlignConfig {
         image_size: e.image_size,
