@@ -14,7 +14,7 @@ use hdpo::model::{
     PredictOptions, TargetModules, TextTokenizer,
 };
 use hdpo::train::config::{PreferenceConfig, SftConfig};
-use hdpo::train::{loss_by_name, preference, sft};
+use hdpo::train::{loss_by_name, preference, sft, LoopSummary};
 
 /// What to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -207,24 +207,54 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
 }
 
-fn summary_line(
+/// The run folder of a training command: refuse to start a fresh run over an
+/// earlier one, then create it and record the config (atomically).
+fn start_run(a: &TrainArgs, cfg: &impl serde::Serialize) -> Result<PathBuf> {
+    let out = a.out.clone().context("training needs --out RUN_DIR")?;
+    check_run_dir(&out, a.resume)?;
+    std::fs::create_dir_all(&out)?;
+    hdpo::util::fsio::write_json_atomic(&out.join("config.json"), cfg)?;
+    Ok(out)
+}
+
+/// After a training loop: save the adapter (PEFT layout) unless the run was
+/// halted early, print the summary as JSON with `--json`, and the summary line.
+fn finish_run(
+    a: &TrainArgs,
+    model: &LlavaModel,
     out: &Path,
-    steps: u64,
-    total: u64,
-    halted: bool,
-    secs: f64,
-    peak: Option<u64>,
-    adapter: Option<&Path>,
-) {
+    run: &LoopSummary,
+    summary: &impl serde::Serialize,
+) -> Result<()> {
+    let adapter = if run.halted {
+        None
+    } else {
+        let dir = out.join("adapter");
+        model.save_adapter(&dir)?;
+        Some(dir)
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    }
     eprintln!(
-        "{} {steps}/{total} steps in {secs:.1} s; peak memory {}; run folder {}{}",
-        if halted { "halted after" } else { "finished" },
-        peak.map(human_bytes).unwrap_or_else(|| "unknown".into()),
+        "{} {}/{} steps in {:.1} s; peak memory {}; run folder {}{}",
+        if run.halted {
+            "halted after"
+        } else {
+            "finished"
+        },
+        run.steps,
+        run.total_steps,
+        run.elapsed_s,
+        run.peak_rss_bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "unknown".into()),
         out.display(),
         adapter
             .map(|p| format!("; adapter {}", p.display()))
             .unwrap_or_default()
     );
+    Ok(())
 }
 
 /// Refuse to start a fresh run over an earlier one before anything is written.
@@ -306,31 +336,9 @@ fn train_pref(a: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    let out = a.out.clone().context("training needs --out RUN_DIR")?;
-    check_run_dir(&out, a.resume)?;
-    std::fs::create_dir_all(&out)?;
-    hdpo::util::fsio::write_json_atomic(&out.join("config.json"), &cfg)?;
+    let out = start_run(&a, &cfg)?;
     let s = preference::train(&policy, &pairs, loss.as_ref(), &cfg, &out)?;
-    let adapter = if s.run.halted {
-        None
-    } else {
-        let dir = out.join("adapter");
-        model.save_adapter(&dir)?;
-        Some(dir)
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    }
-    summary_line(
-        &out,
-        s.run.steps,
-        s.run.total_steps,
-        s.run.halted,
-        s.run.elapsed_s,
-        s.run.peak_rss_bytes,
-        adapter.as_deref(),
-    );
-    Ok(())
+    finish_run(&a, &model, &out, &s.run, &s)
 }
 
 fn train_sft(a: TrainArgs) -> Result<()> {
@@ -402,31 +410,9 @@ fn train_sft(a: TrainArgs) -> Result<()> {
         );
         eprintln!("skipped {} samples longer than the context", long.len());
     }
-    let out = a.out.clone().context("training needs --out RUN_DIR")?;
-    check_run_dir(&out, a.resume)?;
-    std::fs::create_dir_all(&out)?;
-    hdpo::util::fsio::write_json_atomic(&out.join("config.json"), &cfg)?;
+    let out = start_run(&a, &cfg)?;
     let s = sft::train(&policy, &examples, &cfg, &out)?;
-    let adapter = if s.run.halted {
-        None
-    } else {
-        let dir = out.join("adapter");
-        model.save_adapter(&dir)?;
-        Some(dir)
-    };
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    }
-    summary_line(
-        &out,
-        s.run.steps,
-        s.run.total_steps,
-        s.run.halted,
-        s.run.elapsed_s,
-        s.run.peak_rss_bytes,
-        adapter.as_deref(),
-    );
-    Ok(())
+    finish_run(&a, &model, &out, &s.run, &s)
 }
 
 /// `hdpo predict`.

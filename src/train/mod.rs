@@ -32,6 +32,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 pub use config::{OptimConfig, PreferenceConfig, RunConfig, ScheduleKind, SftConfig};
+pub use engine::LoopSummary;
 pub use losses::{by_name as loss_by_name, LossOutput, PairLogps, PreferenceLoss};
 
 /// One (prompt, response, image) sequence whose response the model scores.
