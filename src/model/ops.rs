@@ -239,11 +239,12 @@ pub fn log_softmax_gather_composed(logits: &Tensor, targets: &Tensor) -> Result<
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    /// max |a - b| over all elements, as f64 (shared by the fused-op tests).
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b)
             .unwrap()
             .abs()
