@@ -5,7 +5,7 @@
 //! or its location phrase.
 //!
 //! ```text
-//! cargo run --release --example curate_keyword_rate -- [OUT_DIR] [TRAIN] [EPOCHS] [report|findings]
+//! cargo run --release --example curate_keyword_rate -- [OUT_DIR] [TRAIN] [EPOCHS] [report|findings] [regions|global]
 //! ```
 
 use hdpo::curate::bench::{keyword_rate, KeywordRateConfig};
@@ -25,7 +25,20 @@ fn main() -> anyhow::Result<()> {
     if let Some(t) = args.next() {
         cfg.texts = t;
     }
+    if let Some(r) = args.next() {
+        cfg.regions = match r.as_str() {
+            "regions" => true,
+            "global" => false,
+            other => anyhow::bail!("expected regions or global, got {other:?}"),
+        };
+    }
     let r = keyword_rate(&cfg)?;
+    if let Some(a) = &r.align_regions {
+        println!(
+            "alignment: {} training regions; held-out region top-1 {:.3} (chance {:.3}) on {}",
+            a.train_regions, a.heldout_top1, a.chance_top1, a.heldout_regions
+        );
+    }
     for s in &r.sources {
         println!(
             "heatmaps {:<8} k* names the finding or location for {}/{} abnormal test studies ({:.3}); k* categories {:?}",

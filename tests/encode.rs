@@ -808,10 +808,10 @@ fn quadrant_pairs(n: usize, seed: u64) -> Vec<AlignPair> {
                     }
                 }
             }
-            AlignPair {
-                image: PairImage::Tensor(Tensor::from_vec(d, (3, 32, 32), &Device::Cpu).unwrap()),
-                text: QUADRANTS[q].to_string(),
-            }
+            AlignPair::global(
+                PairImage::Tensor(Tensor::from_vec(d, (3, 32, 32), &Device::Cpu).unwrap()),
+                QUADRANTS[q],
+            )
         })
         .collect()
 }
@@ -1177,4 +1177,148 @@ mod props {
             prop_assert!(m.data.iter().zip(&d.data).all(|(a, b)| !*a || *b));
         }
     }
+}
+
+/// Images with spots in two quadrants `a`, `b` (text names both); the
+/// region is spot `a` (its Gaussian as heatmap), whose quadrant is the
+/// positive phrase and `b`'s the negative.
+fn two_spot_region_pairs(n: usize, seed: u64) -> Vec<AlignPair> {
+    use rand::Rng;
+    let mut rng = hdpo::util::seed::rng_for(seed, "two-spots");
+    (0..n)
+        .map(|_| {
+            let a = rng.random_range(0..4usize);
+            let b = (a + rng.random_range(1..4usize)) % 4;
+            let centre = |q: usize| (8.0 + 16.0 * (q / 2) as f32, 8.0 + 16.0 * (q % 2) as f32);
+            let spot = |q: usize, y: usize, x: usize| {
+                let (cy, cx) = centre(q);
+                (-((y as f32 - cy).powi(2) + (x as f32 - cx).powi(2)) / 24.0).exp()
+            };
+            let mut d = vec![0f32; 3 * 32 * 32];
+            let mut heat = vec![0f32; 32 * 32];
+            for y in 0..32 {
+                for x in 0..32 {
+                    let v = (spot(a, y, x) + spot(b, y, x)).min(1.0) * 2.0 - 1.0
+                        + rng.random_range(-0.1f32..0.1);
+                    for c in 0..3 {
+                        d[c * 1024 + y * 32 + x] = v;
+                    }
+                    heat[y * 32 + x] = spot(a, y, x);
+                }
+            }
+            let mut p = AlignPair::global(
+                PairImage::Tensor(Tensor::from_vec(d, (3, 32, 32), &Device::Cpu).unwrap()),
+                format!("{} and {}", QUADRANTS[a], QUADRANTS[b]),
+            );
+            p.region = Some(hdpo::encode::align::RegionText {
+                heatmap: Heatmap::new(32, 32, heat).unwrap(),
+                positives: vec![QUADRANTS[a].to_string()],
+                negatives: vec![QUADRANTS[b].to_string()],
+            });
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn local_alignment_teaches_regions_their_phrase_in_both_modes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = two_spot_region_pairs(120, 5);
+    // From scratch: the held-out spot region is closest to its own quadrant
+    // (chance 0.5); the region report is there with or without the local loss.
+    let mut cfg = small_config();
+    cfg.epochs = 15;
+    let local = align(pairs.clone(), &cfg, &tmp.path().join("local")).unwrap();
+    cfg.region_weight = 0.0;
+    let global = align(pairs.clone(), &cfg, &tmp.path().join("global")).unwrap();
+    let (l, g) = (local.regions.unwrap(), global.regions.unwrap());
+    eprintln!("local alignment: {l:?}; global only: {g:?}");
+    assert_eq!((l.train_regions, l.heldout_regions), (96, 24));
+    assert!((l.chance_top1 - 0.5).abs() < 1e-9);
+    assert!(l.heldout_top1 >= 0.9, "{l:?}");
+    assert_ne!(
+        local.epoch_loss, global.epoch_loss,
+        "the local loss is part of the objective"
+    );
+    // Projections only, on the frozen tiny ViT / BERT checkpoints.
+    let cfg = AlignConfig {
+        pretrained: Some(hdpo::encode::align::PretrainedTowers {
+            vision: fixture("tiny_vit"),
+            text: fixture("tiny_bert"),
+        }),
+        projection_dim: 16,
+        epochs: 30,
+        batch_size: 16,
+        learning_rate: 1e-2,
+        seed: 2,
+        ..AlignConfig::default()
+    };
+    let frozen = align(pairs, &cfg, &tmp.path().join("frozen")).unwrap();
+    let f = frozen.regions.unwrap();
+    eprintln!("frozen towers: {f:?}");
+    assert!(f.heldout_top1 >= 0.75, "{f:?}");
+}
+
+#[test]
+fn align_cli_adds_the_local_alignment_from_dataset_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("phantom");
+    let pcfg = hdpo::data::phantom::PhantomConfig {
+        seed: 3,
+        train: 30,
+        val: 0,
+        test: 0,
+        size: 48,
+        ..Default::default()
+    };
+    hdpo::data::phantom::generate(&pcfg, &data).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+            .args(["align", "--format", "phantom-report", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(tmp.path().join(out))
+            .args(["--epochs", "2", "--image-size", "32", "--log", "warn"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&res.stdout).to_string();
+        assert!(
+            res.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(tmp.path().join(out).join("align_report.json")).unwrap(),
+        )
+        .unwrap();
+        (stdout, report)
+    };
+    let (stdout, report) = run("local", &[]);
+    // Every abnormal study has a lesion mask and a finding phrase; normal ones have an empty mask.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("phantom.json")).unwrap()).unwrap();
+    let abnormal = manifest["studies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["finding"].is_null())
+        .count();
+    assert!(abnormal > 10 && abnormal < 30);
+    assert!(
+        stdout.contains(&format!(
+            "local alignment: {abnormal} of 30 pairs with a lesion region (0 without a mask, {} with an empty mask",
+            30 - abnormal
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("held-out regions:"), "{stdout}");
+    let regions = &report["regions"];
+    assert_eq!(
+        regions["train_regions"].as_u64().unwrap() + regions["heldout_regions"].as_u64().unwrap(),
+        abnormal as u64
+    );
+    let (stdout, report) = run("global", &["--no-regions"]);
+    assert!(!stdout.contains("local alignment"), "{stdout}");
+    assert!(report.get("regions").is_none());
 }

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use hdpo::curate::regions::pairs_with_regions;
+use hdpo::curate::Vocabulary;
 use hdpo::data::{DatasetFormat, LoadOptions, Split};
 use hdpo::encode::align::{
     align_with_progress, pairs_from_samples, AlignConfig, AlignPair, PairImage, PretrainedTowers,
@@ -48,6 +50,19 @@ pub struct AlignArgs {
     /// Text pooling: mean, cls or pooler.
     #[arg(long, default_value = "mean")]
     pub text_pooling: String,
+    /// Leave out the local alignment. By default, with a dataset format,
+    /// every training sample with a lesion mask also aligns its mask region
+    /// (Eq. 2-3) with the phrases of its text that name the lesion, against
+    /// its other phrases (see docs/encode.md).
+    #[arg(long)]
+    pub no_regions: bool,
+    /// Weight of the local loss next to the global one.
+    #[arg(long, default_value_t = 1.0)]
+    pub region_weight: f64,
+    /// A vocabulary file (`term<TAB>category[<TAB>concept]`) for the region
+    /// phrases, replacing the default (as `hdpo curate --vocab`).
+    #[arg(long)]
+    pub vocab: Option<PathBuf>,
 }
 
 fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
@@ -84,10 +99,7 @@ fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
             &image,
             &format!("{} line {}, field image", file.display(), i + 1),
         )?;
-        pairs.push(AlignPair {
-            image: PairImage::Path(path),
-            text: field("text")?,
-        });
+        pairs.push(AlignPair::global(PairImage::Path(path), field("text")?));
     }
     Ok(pairs)
 }
@@ -109,7 +121,28 @@ pub fn run(args: AlignArgs) -> Result<()> {
             ..LoadOptions::default()
         };
         let loaded = hdpo::data::load(format, &args.data, &opts)?;
-        let pairs = pairs_from_samples(&loaded.samples);
+        let pairs = if args.no_regions {
+            pairs_from_samples(&loaded.samples)
+        } else {
+            let vocab = match &args.vocab {
+                Some(v) => Vocabulary::from_file(v)?,
+                None => Vocabulary::default_vocab(),
+            };
+            let (pairs, sum) = pairs_with_regions(&loaded.samples, &vocab);
+            println!(
+                "local alignment: {} of {} pairs with a lesion region ({} without a mask, {} with an empty mask, {} without a finding phrase, {} unreadable masks)",
+                sum.with_region,
+                sum.pairs,
+                sum.no_mask,
+                sum.empty_mask,
+                sum.no_positive_phrase,
+                sum.bad_masks.len()
+            );
+            for b in sum.bad_masks.iter().take(10) {
+                eprintln!("warning: mask skipped: {b}");
+            }
+            pairs
+        };
         if pairs.is_empty() {
             bail!(
                 "{}: no training samples with an image to align on",
@@ -136,6 +169,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
         learning_rate: args.lr,
         text_pooling,
         pretrained,
+        region_weight: args.region_weight,
         ..AlignConfig::default()
     };
     let bar = crate::cli::progress::bar(cfg.epochs as u64, "align");
@@ -156,6 +190,12 @@ pub fn run(args: AlignArgs) -> Result<()> {
         "held-out recall: image->text R@1 {:.3} R@5 {:.3}; text->image R@1 {:.3} R@5 {:.3} (chance R@1 {:.3})",
         r.image_to_text_r1, r.image_to_text_r5, r.text_to_image_r1, r.text_to_image_r5, r.chance_r1
     );
+    if let Some(g) = &report.regions {
+        println!(
+            "held-out regions: closest own phrase names the lesion for {:.3} of {} (chance {:.3}; {} training regions)",
+            g.heldout_top1, g.heldout_regions, g.chance_top1, g.train_regions
+        );
+    }
     println!("encoder written to {}", args.out.display());
     Ok(())
 }

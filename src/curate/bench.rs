@@ -147,6 +147,8 @@ pub struct KeywordRateConfig {
     pub epochs: usize,
     /// Align on whole reports (`report`) or on the finding sentence (`findings`).
     pub texts: String,
+    /// Add the local (region-phrase) alignment on the training masks.
+    pub regions: bool,
     pub seed: u64,
 }
 
@@ -158,6 +160,7 @@ impl Default for KeywordRateConfig {
             test: 100,
             epochs: 30,
             texts: "report".into(),
+            regions: true,
             seed: 5,
         }
     }
@@ -182,6 +185,10 @@ pub struct KeywordRateReport {
     pub config: KeywordRateConfig,
     pub align_loss_first: f64,
     pub align_loss_last: f64,
+    /// Held-out region top-1 of the alignment (when regions were used).
+    pub align_regions: Option<crate::encode::align::RegionReport>,
+    /// Which training pairs got a region.
+    pub region_pairs: Option<crate::curate::regions::RegionSummary>,
     pub seconds: f64,
     /// `mask` and `uniform`.
     pub sources: Vec<SourceRate>,
@@ -199,7 +206,7 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
     use crate::data::pairs::read_pairs;
     use crate::data::phantom::{self, PhantomConfig};
     use crate::data::{DatasetFormat, LoadOptions, Sample, Split};
-    use crate::encode::align::{align, AlignPair, PairImage};
+    use crate::encode::align::align;
     use crate::encode::DualEncoder;
     use crate::heatmap::mask::MaskSource;
     use crate::heatmap::uniform::UniformSource;
@@ -260,17 +267,19 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
         }
         truth.insert(id, names);
     }
-    let pairs: Vec<AlignPair> = reports(Split::Train)?
-        .into_iter()
-        .map(|s| AlignPair {
-            image: PairImage::Path(s.images[0].clone()),
-            text: if cfg.texts == "findings" {
-                finding_sentence.get(&s.id).cloned().unwrap_or_default()
-            } else {
-                s.answer.clone()
-            },
-        })
-        .collect();
+    let train = reports(Split::Train)?;
+    let (mut pairs, regions) = if cfg.regions {
+        let (p, r) =
+            crate::curate::regions::pairs_with_regions(&train, &Vocabulary::default_vocab());
+        (p, Some(r))
+    } else {
+        (crate::encode::align::pairs_from_samples(&train), None)
+    };
+    if cfg.texts == "findings" {
+        for (p, s) in pairs.iter_mut().zip(&train) {
+            p.text = finding_sentence.get(&s.id).cloned().unwrap_or_default();
+        }
+    }
     let acfg = AlignConfig {
         image_size: 64,
         patch_size: 8,
@@ -329,6 +338,8 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
         config: cfg.clone(),
         align_loss_first: areport.epoch_loss.first().copied().unwrap_or(f64::NAN),
         align_loss_last: areport.epoch_loss.last().copied().unwrap_or(f64::NAN),
+        align_regions: areport.regions.clone(),
+        region_pairs: regions,
         seconds: t0.elapsed().as_secs_f64(),
         sources: rates,
     })

@@ -23,6 +23,7 @@ pub mod keyword;
 pub mod perturb;
 pub mod preview;
 pub mod record;
+pub mod regions;
 pub mod run;
 pub mod vocab;
 pub mod weight;

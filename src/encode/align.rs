@@ -10,6 +10,16 @@
 //! f_v(p_i) that curation weights. Recall@K is measured on held-out pairs;
 //! a retrieved text counts as correct when it equals the query's own text
 //! (case and surrounding space ignored), since many pairs share a text.
+//!
+//! Local alignment (optional, per pair): a pair may carry a [`RegionText`],
+//! a heatmap of a region of its image (a lesion mask) with the phrases that
+//! name what is inside it and phrases of the same text that do not. Its
+//! region embedding is Eq. 2-3 with that heatmap, the exact v that curation
+//! computes, and a multi-positive InfoNCE pulls it towards its positive
+//! phrases and away from the batch's other phrases (GLoRIA-style
+//! region-phrase alignment, here supervised by the mask). Without it, a
+//! small encoder trained on whole reports leaves single phrases and patch
+//! regions unaligned, and Eq. 6's argmax over chunks is close to chance.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bert::{BertConfig, BertTower};
 use super::preprocess::{image_to_tensor, load_image_tensor, Normalize};
+use super::region_align::{heldout_top1, region_nce, RegionBatch, RegionRow, RegionTable};
 use super::tokenizer::{build_word_tokenizer, encode_batch};
 use super::vit::{VisionConfig, VisionLayout, VisionTower};
 use super::{
@@ -45,6 +56,32 @@ pub enum PairImage {
 pub struct AlignPair {
     pub image: PairImage,
     pub text: String,
+    /// A region of the image and the phrases that name it (local alignment).
+    pub region: Option<RegionText>,
+}
+
+impl AlignPair {
+    /// A pair for the global (image-report) loss only.
+    pub fn global(image: PairImage, text: impl Into<String>) -> Self {
+        AlignPair {
+            image,
+            text: text.into(),
+            region: None,
+        }
+    }
+}
+
+/// A local alignment target: the region of the pair's image that `heatmap`
+/// weights (Eq. 2-3, as in curation) should be closer to one of `positives`
+/// than to `negatives` and to the other phrases of its batch.
+#[derive(Clone, Debug)]
+pub struct RegionText {
+    /// Any size; resized to the tower's input (Eq. 2).
+    pub heatmap: crate::heatmap::Heatmap,
+    /// Phrases that name what is in the region (at least one).
+    pub positives: Vec<String>,
+    /// Phrases of the same text that do not (hard negatives).
+    pub negatives: Vec<String>,
 }
 
 /// Image-text alignment pairs from dataset samples: each report sample's
@@ -52,16 +89,26 @@ pub struct AlignPair {
 /// samples hold no reports (VQA-only data), each question-answer pair's image
 /// with `"{question} {answer}"`. Samples without an image are left out.
 pub fn pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<AlignPair> {
+    sourced_pairs_from_samples(samples)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// [`pairs_from_samples`] with the index of the sample each pair came from
+/// (so that callers can attach a [`RegionText`] from the sample's mask).
+pub fn sourced_pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<(usize, AlignPair)> {
     use crate::data::AnswerType;
     let mut seen = std::collections::HashSet::new();
-    let reports: Vec<AlignPair> = samples
+    let reports: Vec<(usize, AlignPair)> = samples
         .iter()
-        .filter(|s| s.answer_type == AnswerType::Report)
-        .filter_map(|s| {
+        .enumerate()
+        .filter(|(_, s)| s.answer_type == AnswerType::Report)
+        .filter_map(|(i, s)| {
             let img = s.images.first()?;
-            seen.insert(img.clone()).then(|| AlignPair {
-                image: PairImage::Path(img.clone()),
-                text: s.answer.clone(),
+            seen.insert(img.clone()).then(|| {
+                let p = AlignPair::global(PairImage::Path(img.clone()), s.answer.clone());
+                (i, p)
             })
         })
         .collect();
@@ -70,13 +117,11 @@ pub fn pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<AlignPair> {
     }
     samples
         .iter()
-        .filter_map(|s| {
-            Some(AlignPair {
-                image: PairImage::Path(s.images.first()?.clone()),
-                text: format!("{} {}", s.question.as_deref().unwrap_or(""), s.answer)
-                    .trim()
-                    .to_string(),
-            })
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let text = format!("{} {}", s.question.as_deref().unwrap_or(""), s.answer);
+            let image = PairImage::Path(s.images.first()?.clone());
+            Some((i, AlignPair::global(image, text.trim())))
         })
         .collect()
 }
@@ -125,7 +170,15 @@ pub struct AlignConfig {
     /// (the tower sizes above are then ignored).
     #[serde(default)]
     pub pretrained: Option<PretrainedTowers>,
+    /// Weight of the local (region-phrase) loss added to the global one, for
+    /// pairs that carry a [`RegionText`] (0 = global loss only).
+    #[serde(default = "default_region_weight")]
+    pub region_weight: f64,
     pub seed: u64,
+}
+
+fn default_region_weight() -> f64 {
+    1.0
 }
 
 /// Separate Hugging Face `ViTModel` and `BertModel` folders.
@@ -159,6 +212,7 @@ impl Default for AlignConfig {
             text_pooling: TextPooling::Mean,
             position_init_std: 1.0,
             pretrained: None,
+            region_weight: default_region_weight(),
             seed: 0,
         }
     }
@@ -188,7 +242,24 @@ pub struct AlignReport {
     pub epoch_loss: Vec<f64>,
     pub temperature: f64,
     pub recall: Recall,
+    /// The local alignment, when pairs carried regions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<RegionReport>,
     pub config: AlignConfig,
+}
+
+/// How well regions and phrases align: on held-out pairs with a region, the
+/// share whose region embedding (Eq. 3) is closest to a positive phrase among
+/// the pair's own phrases, which is Eq. 6's choice of k* with the region as
+/// heatmap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegionReport {
+    pub train_regions: usize,
+    pub heldout_regions: usize,
+    /// Held-out regions whose closest own phrase is a positive.
+    pub heldout_top1: f64,
+    /// The same share for a random choice among the pair's own phrases.
+    pub chance_top1: f64,
 }
 
 /// Build a randomly initialised hdpo dual encoder whose parameters live in
@@ -387,6 +458,45 @@ pub fn batch_loss(
     let img = enc.image_embedding_from_normed(&out.normed)?;
     let txt = enc.text_features(ids, mask, true)?;
     info_nce(&img, &txt, scale)
+}
+
+/// The phrases of a region table, tokenized for the text tower.
+struct PhraseTokens {
+    ids: Tensor,
+    mask: Tensor,
+}
+
+/// [`batch_loss`] plus `weight` × the local loss of the batch's regions
+/// (an encoder with mean-patch pooling, as `hdpo align` trains).
+#[allow(clippy::too_many_arguments)]
+fn batch_loss_with_regions(
+    enc: &DualEncoder,
+    images: &Tensor,
+    ids: &Tensor,
+    mask: &Tensor,
+    scale: &LogitScale,
+    regions: Option<&RegionBatch>,
+    phrases: &PhraseTokens,
+    weight: f64,
+) -> Result<Tensor> {
+    let out = enc.vision.forward(images, true, false)?;
+    let patches = enc.project_patches(&out.normed)?;
+    let txt = enc.text_features(ids, mask, true)?;
+    let global = info_nce(&patches.mean(1)?, &txt, scale)?;
+    let Some(rb) = regions.filter(|_| weight > 0.0) else {
+        return Ok(global);
+    };
+    let v = rb
+        .weights
+        .matmul(&patches.index_select(&rb.rows, 0)?)?
+        .squeeze(1)?;
+    let t = enc.text_features(
+        &phrases.ids.index_select(&rb.phrases, 0)?,
+        &phrases.mask.index_select(&rb.phrases, 0)?,
+        true,
+    )?;
+    let local = region_nce(&v, &t, &rb.positive, scale)?;
+    Ok((global + (local * weight)?)?)
 }
 
 fn pair_tensor(
@@ -600,13 +710,34 @@ fn align_scratch(
     let train_refs: Vec<&str> = train_texts.iter().map(String::as_str).collect();
     let (train_ids, train_mask) =
         encode_batch(&enc.tokenizer, &train_refs, 0, cfg.max_text_len, &dev)?;
+    let regions = RegionTable::build(
+        split.pairs,
+        split.train,
+        split.hold,
+        cfg.image_size,
+        enc.grid(),
+    )?;
+    let phrase_refs: Vec<&str> = regions.phrases.iter().map(String::as_str).collect();
+    let phrases = if phrase_refs.is_empty() {
+        PhraseTokens {
+            ids: train_ids.narrow(0, 0, 0)?,
+            mask: train_mask.narrow(0, 0, 0)?,
+        }
+    } else {
+        let (ids, mask) = encode_batch(&enc.tokenizer, &phrase_refs, 0, cfg.max_text_len, &dev)?;
+        PhraseTokens { ids, mask }
+    };
     let (epoch_loss, steps) = train_loop(cfg, split.train.len(), &varmap, progress, &mut |sel| {
-        batch_loss(
+        let rb = regions.batch(&sel.to_vec1::<u32>()?, &dev)?;
+        batch_loss_with_regions(
             &enc,
             &train_images.index_select(sel, 0)?,
             &train_ids.index_select(sel, 0)?,
             &train_mask.index_select(sel, 0)?,
             &scale,
+            rb.as_ref(),
+            &phrases,
+            cfg.region_weight,
         )
     })?;
     let hold_refs: Vec<&str> = hold_texts.iter().map(String::as_str).collect();
@@ -615,6 +746,21 @@ fn align_scratch(
         &enc.embed_texts(&hold_refs)?,
         &hold_texts,
     )?;
+    let region_report = if regions.is_empty() {
+        None
+    } else {
+        let (patches, _) = enc.embed_patches(&hold_images)?;
+        let phrase_emb = if phrase_refs.is_empty() {
+            None
+        } else {
+            Some(enc.text_features(&phrases.ids, &phrases.mask, false)?)
+        };
+        region_summary(
+            &regions,
+            regions.heldout_regions(&patches)?,
+            phrase_emb.as_ref(),
+        )?
+    };
     save_encoder(&enc, &varmap, cfg, out)?;
     Ok(AlignReport {
         train_pairs: split.train.len(),
@@ -625,12 +771,45 @@ fn align_scratch(
         epoch_loss,
         temperature: 1.0 / scale.value()?,
         recall,
+        regions: region_report,
         config: cfg.clone(),
     })
 }
 
-/// Frozen features of pretrained towers: mean of the final-normed patch
-/// tokens `[N, Hv]` and the pooled text `[N, Ht]`, in batches of 32.
+/// The [`RegionReport`] from the held-out region embeddings (if any held-out
+/// pair has a region) and the embeddings of all phrases.
+fn region_summary(
+    regions: &RegionTable,
+    heldout: Option<(Tensor, Vec<&RegionRow>)>,
+    phrase_emb: Option<&Tensor>,
+) -> Result<Option<RegionReport>> {
+    let train_regions = regions.train.iter().flatten().count();
+    let (heldout_top1, chance_top1, heldout_regions) = match (heldout, phrase_emb) {
+        (Some((v, rows)), Some(p)) => {
+            let (top1, chance) = heldout_top1(&v, &rows, p)?;
+            (top1, chance, rows.len())
+        }
+        _ => (f64::NAN, f64::NAN, 0),
+    };
+    Ok(Some(RegionReport {
+        train_regions,
+        heldout_regions,
+        heldout_top1,
+        chance_top1,
+    }))
+}
+
+/// Frozen features of pretrained towers, in batches of 32.
+struct Frozen {
+    /// Mean of the final-normed patch tokens `[N, Hv]`.
+    images: Tensor,
+    /// Pooled texts `[N, Ht]`.
+    texts: Tensor,
+    /// Σ_i H̃(p_i) · normed patch token i `[N, Hv]` for rows with a region
+    /// (zeros elsewhere): projected, it is Eq. 3's v, as the projection is linear.
+    regions: Tensor,
+}
+
 fn frozen_features(
     vision: &VisionTower,
     text: &BertTower,
@@ -638,24 +817,50 @@ fn frozen_features(
     pooling: TextPooling,
     images: &Tensor,
     texts: &[String],
-) -> Result<(Tensor, Tensor)> {
+    regions: &[Option<RegionRow>],
+) -> Result<Frozen> {
     let n = texts.len();
     let mut fi = Vec::new();
-    let mut ft = Vec::new();
+    let mut fr = Vec::new();
     for start in (0..n).step_by(32) {
         let len = 32.min(n - start);
         let out = vision.forward(&images.narrow(0, start, len)?, false, false)?;
         fi.push(VisionTower::mean_patches(&out.normed)?);
-        let refs: Vec<&str> = texts[start..start + len]
-            .iter()
-            .map(String::as_str)
+        let patches = out.normed.narrow(1, 1, out.normed.dim(1)? - 1)?;
+        let np = patches.dim(1)?;
+        let w: Vec<f32> = (start..start + len)
+            .flat_map(|i| match regions.get(i) {
+                Some(Some(r)) => r.weights.clone(),
+                _ => vec![0.0; np],
+            })
             .collect();
+        let w = Tensor::from_vec(w, (len, 1, np), images.device())?;
+        fr.push(w.matmul(&patches)?.squeeze(1)?);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    Ok(Frozen {
+        images: Tensor::cat(&fi, 0)?,
+        texts: frozen_text(text, tok, pooling, &refs, images.device())?,
+        regions: Tensor::cat(&fr, 0)?,
+    })
+}
+
+/// Pooled frozen text features `[T, Ht]`, in batches of 32.
+fn frozen_text(
+    text: &BertTower,
+    tok: &tokenizers::Tokenizer,
+    pooling: TextPooling,
+    texts: &[&str],
+    dev: &Device,
+) -> Result<Tensor> {
+    let mut ft = Vec::new();
+    for refs in texts.chunks(32) {
         let (ids, mask) = encode_batch(
             tok,
-            &refs,
+            refs,
             text.config.pad_token_id,
             text.config.max_position_embeddings,
-            images.device(),
+            dev,
         )?;
         let last = text.forward(&ids, &mask, false)?.last_hidden_state;
         ft.push(match pooling {
@@ -665,7 +870,7 @@ fn frozen_features(
             TextPooling::Eos => bail!("eos pooling needs a CLIP text tower"),
         });
     }
-    Ok((Tensor::cat(&fi, 0)?, Tensor::cat(&ft, 0)?))
+    Ok(Tensor::cat(&ft, 0)?)
 }
 
 /// Learn only the projections (and temperature) on top of frozen `ViTModel`
@@ -687,22 +892,38 @@ fn align_projections(
     let size = vision.config.image_size;
     let train_texts = split.texts(split.train);
     let hold_texts = split.texts(split.hold);
-    let (ti, tt) = frozen_features(
+    let grid = size / vision.config.patch_size;
+    let regions = RegionTable::build(split.pairs, split.train, split.hold, size, grid)?;
+    let train = frozen_features(
         &vision,
         &text,
         &tok,
         cfg.text_pooling,
         &split.images(split.train, size, norm, &dev)?,
         &train_texts,
+        &regions.train,
     )?;
-    let (hi, ht) = frozen_features(
+    let hold = frozen_features(
         &vision,
         &text,
         &tok,
         cfg.text_pooling,
         &split.images(split.hold, size, norm, &dev)?,
         &hold_texts,
+        &regions.hold,
     )?;
+    let phrase_refs: Vec<&str> = regions.phrases.iter().map(String::as_str).collect();
+    let phrases = if phrase_refs.is_empty() {
+        None
+    } else {
+        Some(frozen_text(
+            &text,
+            &tok,
+            cfg.text_pooling,
+            &phrase_refs,
+            &dev,
+        )?)
+    };
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let init = candle_nn::Init::Const(0.0);
@@ -719,11 +940,42 @@ fn align_projections(
     seeded_init(&varmap, cfg.seed, cfg.position_init_std)?;
     let scale = LogitScale::new(cfg.temperature, &varmap, DType::F32, &dev)?;
     let (epoch_loss, steps) = train_loop(cfg, split.train.len(), &varmap, progress, &mut |sel| {
-        let i = ti.index_select(sel, 0)?.matmul(&wv.t()?)?;
-        let t = tt.index_select(sel, 0)?.matmul(&wt.t()?)?;
-        info_nce(&i, &t, &scale)
+        let i = train.images.index_select(sel, 0)?.matmul(&wv.t()?)?;
+        let t = train.texts.index_select(sel, 0)?.matmul(&wt.t()?)?;
+        let global = info_nce(&i, &t, &scale)?;
+        let rb = regions.batch(&sel.to_vec1::<u32>()?, &dev)?;
+        match (rb, &phrases) {
+            (Some(rb), Some(p)) if cfg.region_weight > 0.0 => {
+                let rows = sel.index_select(&rb.rows, 0)?;
+                let v = train.regions.index_select(&rows, 0)?.matmul(&wv.t()?)?;
+                let t = p.index_select(&rb.phrases, 0)?.matmul(&wt.t()?)?;
+                let local = region_nce(&v, &t, &rb.positive, &scale)?;
+                Ok((global + (local * cfg.region_weight)?)?)
+            }
+            _ => Ok(global),
+        }
     })?;
-    let recall = retrieval_recall(&hi.matmul(&wv.t()?)?, &ht.matmul(&wt.t()?)?, &hold_texts)?;
+    let recall = retrieval_recall(
+        &hold.images.matmul(&wv.t()?)?,
+        &hold.texts.matmul(&wt.t()?)?,
+        &hold_texts,
+    )?;
+    let region_report = if regions.is_empty() {
+        None
+    } else {
+        let (idx, rows) = regions.heldout_rows();
+        let heldout = if rows.is_empty() {
+            None
+        } else {
+            let v = hold
+                .regions
+                .index_select(&Tensor::new(idx, &dev)?, 0)?
+                .matmul(&wv.t()?)?;
+            Some((v, rows))
+        };
+        let p = phrases.as_ref().map(|p| p.matmul(&wt.t()?)).transpose()?;
+        region_summary(&regions, heldout, p.as_ref())?
+    };
     let abs = |p: &Path| -> Result<String> {
         let c = p
             .canonicalize()
@@ -755,6 +1007,7 @@ fn align_projections(
         epoch_loss,
         temperature: 1.0 / scale.value()?,
         recall,
+        regions: region_report,
         config: cfg.clone(),
     })
 }

@@ -22,6 +22,7 @@ pub mod bert;
 pub mod clip_text;
 pub mod nn;
 pub mod preprocess;
+pub mod region_align;
 pub mod tokenizer;
 pub mod vit;
 

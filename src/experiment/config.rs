@@ -97,6 +97,10 @@ pub struct EncoderConfig {
     pub heads: usize,
     pub projection_dim: usize,
     pub learning_rate: f64,
+    /// Also align each training mask region with the phrases that name its
+    /// lesion (`hdpo align`'s local alignment; samples without a mask keep
+    /// the global pair only).
+    pub regions: bool,
 }
 
 /// The vision-language model.
@@ -235,6 +239,7 @@ impl Default for EncoderConfig {
             heads: 4,
             projection_dim: 48,
             learning_rate: 1e-3,
+            regions: true,
         }
     }
 }

@@ -464,8 +464,17 @@ fn prepare_encoder(
         .iter()
         .flat_map(|d| d.train.iter().cloned())
         .collect();
-    let pairs = crate::encode::align::pairs_from_samples(&train);
     let e = &cfg.encoder;
+    let (pairs, regions) = if e.regions {
+        let vocab = crate::curate::Vocabulary::default_vocab();
+        let (p, r) = crate::curate::regions::pairs_with_regions(&train, &vocab);
+        (p, format!(", {} with a lesion region", r.with_region))
+    } else {
+        (
+            crate::encode::align::pairs_from_samples(&train),
+            String::new(),
+        )
+    };
     let acfg = crate::encode::align::AlignConfig {
         image_size: e.image_size,
         patch_size: e.patch_size,
@@ -484,13 +493,19 @@ fn prepare_encoder(
     };
     let rep = crate::encode::align::align(pairs, &acfg, &dir)?;
     mark_done(&dir, fingerprint)?;
-    let s = format!(
-        "{} pairs, final loss {:.3}, held-out image->text R@1 {:.2} (chance {:.2})",
+    let mut s = format!(
+        "{} pairs{regions}, final loss {:.3}, held-out image->text R@1 {:.2} (chance {:.2})",
         rep.train_pairs,
         rep.epoch_loss.last().copied().unwrap_or(f64::NAN),
         rep.recall.image_to_text_r1,
         rep.recall.chance_r1
     );
+    if let Some(g) = &rep.regions {
+        s += &format!(
+            ", held-out region -> lesion phrase top-1 {:.2} (chance {:.2})",
+            g.heldout_top1, g.chance_top1
+        );
+    }
     Ok((DualEncoder::load(&dir, &opts)?, s))
 }
 
