@@ -1057,6 +1057,22 @@ fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
     assert!(String::from_utf8_lossy(&res.stderr).contains("line 1"));
 }
 
+/// Projection-only alignment on the frozen `tiny_vit` / `tiny_bert` fixtures.
+fn frozen_tiny_towers_config() -> AlignConfig {
+    AlignConfig {
+        pretrained: Some(hdpo::encode::align::PretrainedTowers {
+            vision: fixture("tiny_vit"),
+            text: fixture("tiny_bert"),
+        }),
+        projection_dim: 16,
+        epochs: 30,
+        batch_size: 16,
+        learning_rate: 1e-2,
+        seed: 2,
+        ..AlignConfig::default()
+    }
+}
+
 #[test]
 fn align_learns_projections_on_frozen_vit_and_bert_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1070,18 +1086,7 @@ fn align_learns_projections_on_frozen_vit_and_bert_checkpoints() {
             p
         })
         .collect();
-    let cfg = AlignConfig {
-        pretrained: Some(hdpo::encode::align::PretrainedTowers {
-            vision: fixture("tiny_vit"),
-            text: fixture("tiny_bert"),
-        }),
-        projection_dim: 16,
-        epochs: 30,
-        batch_size: 16,
-        learning_rate: 1e-2,
-        seed: 2,
-        ..AlignConfig::default()
-    };
+    let cfg = frozen_tiny_towers_config();
     let report = align(pairs, &cfg, &out).unwrap();
     eprintln!(
         "projection-only align: {:?} {:?}",
@@ -1241,18 +1246,7 @@ fn local_alignment_teaches_regions_their_phrase_in_both_modes() {
         "the local loss is part of the objective"
     );
     // Projections only, on the frozen tiny ViT / BERT checkpoints.
-    let cfg = AlignConfig {
-        pretrained: Some(hdpo::encode::align::PretrainedTowers {
-            vision: fixture("tiny_vit"),
-            text: fixture("tiny_bert"),
-        }),
-        projection_dim: 16,
-        epochs: 30,
-        batch_size: 16,
-        learning_rate: 1e-2,
-        seed: 2,
-        ..AlignConfig::default()
-    };
+    let cfg = frozen_tiny_towers_config();
     let frozen = align(pairs, &cfg, &tmp.path().join("frozen")).unwrap();
     let f = frozen.regions.unwrap();
     eprintln!("frozen towers: {f:?}");
