@@ -34,10 +34,7 @@ fn main() -> anyhow::Result<()> {
     }
     let r = keyword_rate(&cfg)?;
     if let Some(a) = &r.align_regions {
-        println!(
-            "alignment: {} training regions; held-out region top-1 {:.3} (chance {:.3}) on {}",
-            a.train_regions, a.heldout_top1, a.chance_top1, a.heldout_regions
-        );
+        println!("alignment: {}", a.describe());
     }
     for s in &r.sources {
         println!(

@@ -191,10 +191,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
         r.image_to_text_r1, r.image_to_text_r5, r.text_to_image_r1, r.text_to_image_r5, r.chance_r1
     );
     if let Some(g) = &report.regions {
-        println!(
-            "held-out regions: closest own phrase names the lesion for {:.3} of {} (chance {:.3}; {} training regions)",
-            g.heldout_top1, g.heldout_regions, g.chance_top1, g.train_regions
-        );
+        println!("local alignment: {}", g.describe());
     }
     println!("encoder written to {}", args.out.display());
     Ok(())

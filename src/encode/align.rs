@@ -256,10 +256,27 @@ pub struct AlignReport {
 pub struct RegionReport {
     pub train_regions: usize,
     pub heldout_regions: usize,
-    /// Held-out regions whose closest own phrase is a positive.
-    pub heldout_top1: f64,
+    /// Held-out regions whose closest own phrase is a positive (`None`
+    /// when no held-out pair has a region).
+    pub heldout_top1: Option<f64>,
     /// The same share for a random choice among the pair's own phrases.
-    pub chance_top1: f64,
+    pub chance_top1: Option<f64>,
+}
+
+impl RegionReport {
+    /// One line for logs and summaries.
+    pub fn describe(&self) -> String {
+        match (self.heldout_top1, self.chance_top1) {
+            (Some(t), Some(c)) => format!(
+                "held-out region -> lesion phrase top-1 {t:.3} of {} (chance {c:.3}; {} training regions)",
+                self.heldout_regions, self.train_regions
+            ),
+            _ => format!(
+                "no held-out region ({} training regions)",
+                self.train_regions
+            ),
+        }
+    }
 }
 
 /// Build a randomly initialised hdpo dual encoder whose parameters live in
@@ -466,24 +483,22 @@ struct PhraseTokens {
     mask: Tensor,
 }
 
-/// [`batch_loss`] plus `weight` × the local loss of the batch's regions
-/// (an encoder with mean-patch pooling, as `hdpo align` trains).
-#[allow(clippy::too_many_arguments)]
+/// [`batch_loss`] plus, when `local` is given, its weight × the local loss
+/// of the batch's regions (an encoder with mean-patch pooling, as `hdpo
+/// align` trains).
 fn batch_loss_with_regions(
     enc: &DualEncoder,
     images: &Tensor,
     ids: &Tensor,
     mask: &Tensor,
     scale: &LogitScale,
-    regions: Option<&RegionBatch>,
-    phrases: &PhraseTokens,
-    weight: f64,
+    local: Option<(&RegionBatch, &PhraseTokens, f64)>,
 ) -> Result<Tensor> {
     let out = enc.vision.forward(images, true, false)?;
     let patches = enc.project_patches(&out.normed)?;
     let txt = enc.text_features(ids, mask, true)?;
     let global = info_nce(&patches.mean(1)?, &txt, scale)?;
-    let Some(rb) = regions.filter(|_| weight > 0.0) else {
+    let Some((rb, phrases, weight)) = local else {
         return Ok(global);
     };
     let v = rb
@@ -717,27 +732,27 @@ fn align_scratch(
         cfg.image_size,
         enc.grid(),
     )?;
+    // Every region has a positive phrase, so there are phrases iff there are regions.
     let phrase_refs: Vec<&str> = regions.phrases.iter().map(String::as_str).collect();
     let phrases = if phrase_refs.is_empty() {
-        PhraseTokens {
-            ids: train_ids.narrow(0, 0, 0)?,
-            mask: train_mask.narrow(0, 0, 0)?,
-        }
+        None
     } else {
         let (ids, mask) = encode_batch(&enc.tokenizer, &phrase_refs, 0, cfg.max_text_len, &dev)?;
-        PhraseTokens { ids, mask }
+        Some(PhraseTokens { ids, mask })
     };
     let (epoch_loss, steps) = train_loop(cfg, split.train.len(), &varmap, progress, &mut |sel| {
         let rb = regions.batch(&sel.to_vec1::<u32>()?, &dev)?;
+        let local = match (&rb, &phrases) {
+            (Some(rb), Some(p)) if cfg.region_weight > 0.0 => Some((rb, p, cfg.region_weight)),
+            _ => None,
+        };
         batch_loss_with_regions(
             &enc,
             &train_images.index_select(sel, 0)?,
             &train_ids.index_select(sel, 0)?,
             &train_mask.index_select(sel, 0)?,
             &scale,
-            rb.as_ref(),
-            &phrases,
-            cfg.region_weight,
+            local,
         )
     })?;
     let hold_refs: Vec<&str> = hold_texts.iter().map(String::as_str).collect();
@@ -750,16 +765,15 @@ fn align_scratch(
         None
     } else {
         let (patches, _) = enc.embed_patches(&hold_images)?;
-        let phrase_emb = if phrase_refs.is_empty() {
-            None
-        } else {
-            Some(enc.text_features(&phrases.ids, &phrases.mask, false)?)
-        };
-        region_summary(
+        let phrase_emb = phrases
+            .as_ref()
+            .map(|p| enc.text_features(&p.ids, &p.mask, false))
+            .transpose()?;
+        Some(region_summary(
             &regions,
             regions.heldout_regions(&patches)?,
             phrase_emb.as_ref(),
-        )?
+        )?)
     };
     save_encoder(&enc, &varmap, cfg, out)?;
     Ok(AlignReport {
@@ -782,21 +796,21 @@ fn region_summary(
     regions: &RegionTable,
     heldout: Option<(Tensor, Vec<&RegionRow>)>,
     phrase_emb: Option<&Tensor>,
-) -> Result<Option<RegionReport>> {
+) -> Result<RegionReport> {
     let train_regions = regions.train.iter().flatten().count();
     let (heldout_top1, chance_top1, heldout_regions) = match (heldout, phrase_emb) {
         (Some((v, rows)), Some(p)) => {
             let (top1, chance) = heldout_top1(&v, &rows, p)?;
-            (top1, chance, rows.len())
+            (Some(top1), Some(chance), rows.len())
         }
-        _ => (f64::NAN, f64::NAN, 0),
+        _ => (None, None, 0),
     };
-    Ok(Some(RegionReport {
+    Ok(RegionReport {
         train_regions,
         heldout_regions,
         heldout_top1,
         chance_top1,
-    }))
+    })
 }
 
 /// Frozen features of pretrained towers, in batches of 32.
@@ -974,7 +988,7 @@ fn align_projections(
             Some((v, rows))
         };
         let p = phrases.as_ref().map(|p| p.matmul(&wt.t()?)).transpose()?;
-        region_summary(&regions, heldout, p.as_ref())?
+        Some(region_summary(&regions, heldout, p.as_ref())?)
     };
     let abs = |p: &Path| -> Result<String> {
         let c = p

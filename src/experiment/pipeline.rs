@@ -501,10 +501,7 @@ fn prepare_encoder(
         rep.recall.chance_r1
     );
     if let Some(g) = &rep.regions {
-        s += &format!(
-            ", held-out region -> lesion phrase top-1 {:.2} (chance {:.2})",
-            g.heldout_top1, g.chance_top1
-        );
+        s += &format!(", {}", g.describe());
     }
     Ok((DualEncoder::load(&dir, &opts)?, s))
 }
