@@ -150,7 +150,7 @@ impl RunConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreferenceConfig {
-    /// `hdpo` or `dpo` (see `losses::NAMES`).
+    /// `hdpo`, `dpo` or `mdpo` (see `losses::NAMES`).
     pub loss: String,
     /// α of Eq. 1 / Eq. 13 (TRL's beta).
     pub alpha: f64,

@@ -3,8 +3,9 @@
 //! the conditional image pair: the same answer with the real image preferred
 //! over a corrupted one, so that the model cannot ignore the image. mDPO
 //! corrupts by random cropping; here a random rectangle covering `share` of
-//! the image is blanked. mDPO's anchor term (chosen reward > 0) is left out:
-//! both pair kinds train with the DPO loss of Eq. 1.
+//! the image is blanked. Both pair kinds train with mDPO's loss
+//! (`train::losses::mdpo`): DPO plus the anchor that keeps the chosen
+//! reward above 0.
 
 use anyhow::Result;
 
@@ -28,6 +29,10 @@ impl Default for MDpo {
 
 impl PairBuilder for MDpo {
     fn name(&self) -> &'static str {
+        "mdpo"
+    }
+
+    fn loss(&self) -> &'static str {
         "mdpo"
     }
 

@@ -70,7 +70,7 @@ pub struct BuildContext<'a> {
 pub trait PairBuilder: Send + Sync {
     /// The method name (`povid`, ...), also the prefix of its pairs' `kind`.
     fn name(&self) -> &'static str;
-    /// The preference loss its pairs are trained with (`dpo` or `hdpo`).
+    /// The preference loss its pairs are trained with (`dpo`, `hdpo` or `mdpo`).
     fn loss(&self) -> &'static str {
         "dpo"
     }

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 
-use super::{rewards, sigmoid_terms, LossOutput, PairLogps, PreferenceLoss};
+use super::{output_from_terms, sigmoid_terms, LossOutput, PairLogps, PreferenceLoss};
 
 /// Plain DPO (Eq. 1).
 #[derive(Clone, Debug)]
@@ -33,15 +33,6 @@ impl PreferenceLoss for Dpo {
 
     fn loss(&self, x: &PairLogps) -> Result<LossOutput> {
         x.check()?;
-        let terms = sigmoid_terms(x, self.alpha, false)?;
-        let loss = terms.mean_all()?;
-        let (h, chosen_rewards, rejected_rewards) = rewards(x, self.alpha)?;
-        Ok(LossOutput {
-            loss,
-            per_pair: terms.detach(),
-            h,
-            chosen_rewards,
-            rejected_rewards,
-        })
+        output_from_terms(x, self.alpha, sigmoid_terms(x, self.alpha, false)?)
     }
 }

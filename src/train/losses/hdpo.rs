@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 
-use super::{rewards, sigmoid_terms, LossOutput, PairLogps, PreferenceLoss};
+use super::{output_from_terms, sigmoid_terms, LossOutput, PairLogps, PreferenceLoss};
 
 /// Heatmap-weighted DPO (Eq. 13).
 #[derive(Clone, Debug)]
@@ -35,15 +35,6 @@ impl PreferenceLoss for Hdpo {
 
     fn loss(&self, x: &PairLogps) -> Result<LossOutput> {
         x.check()?;
-        let terms = sigmoid_terms(x, self.alpha, true)?;
-        let loss = terms.mean_all()?;
-        let (h, chosen_rewards, rejected_rewards) = rewards(x, self.alpha)?;
-        Ok(LossOutput {
-            loss,
-            per_pair: terms.detach(),
-            h,
-            chosen_rewards,
-            rejected_rewards,
-        })
+        output_from_terms(x, self.alpha, sigmoid_terms(x, self.alpha, true)?)
     }
 }

@@ -8,12 +8,14 @@
 
 pub mod dpo;
 pub mod hdpo;
+pub mod mdpo;
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Tensor};
 
 pub use dpo::Dpo;
 pub use hdpo::Hdpo;
+pub use mdpo::MDpoAnchored;
 
 /// The default α (TRL's `beta`) of Eq. 1 and Eq. 13.
 pub const DEFAULT_ALPHA: f64 = 0.1;
@@ -111,6 +113,7 @@ pub fn by_name(name: &str, alpha: f64) -> Result<Box<dyn PreferenceLoss>> {
     Ok(match name {
         "dpo" => Box::new(Dpo::new(alpha)),
         "hdpo" => Box::new(Hdpo::new(alpha)),
+        "mdpo" => Box::new(MDpoAnchored::new(alpha)),
         other => bail!(
             "unknown preference loss '{other}' (known: {})",
             NAMES.join(", ")
@@ -119,7 +122,21 @@ pub fn by_name(name: &str, alpha: f64) -> Result<Box<dyn PreferenceLoss>> {
 }
 
 /// Names accepted by [`by_name`].
-pub const NAMES: &[&str] = &["dpo", "hdpo"];
+pub const NAMES: &[&str] = &["dpo", "hdpo", "mdpo"];
+
+/// A loss's output from its per-pair terms `[n]` (graph kept): their mean,
+/// and the detached terms, h and TRL's rewards.
+pub(crate) fn output_from_terms(x: &PairLogps, alpha: f64, terms: Tensor) -> Result<LossOutput> {
+    let loss = terms.mean_all()?;
+    let (h, chosen_rewards, rejected_rewards) = rewards(x, alpha)?;
+    Ok(LossOutput {
+        loss,
+        per_pair: terms.detach(),
+        h,
+        chosen_rewards,
+        rejected_rewards,
+    })
+}
 
 /// The shared parts of the sigmoid losses: rewards and h, detached.
 pub(crate) fn rewards(x: &PairLogps, alpha: f64) -> Result<(Tensor, Tensor, Tensor)> {
@@ -226,6 +243,7 @@ mod tests {
     fn registry_knows_the_losses_and_rejects_bad_alpha() {
         assert_eq!(by_name("dpo", 0.1).unwrap().name(), "dpo");
         assert_eq!(by_name("hdpo", 0.1).unwrap().name(), "hdpo");
+        assert_eq!(by_name("mdpo", 0.1).unwrap().name(), "mdpo");
         let e = by_name("ipo", 0.1).err().unwrap().to_string();
         assert!(e.contains("unknown preference loss 'ipo'"), "{e}");
         assert!(by_name("dpo", 0.0).is_err());
