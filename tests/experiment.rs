@@ -115,6 +115,14 @@ fn tables_have_the_papers_shapes() {
         .enumerate()
         .map(|(i, c)| fake_result(c, &specs(), 0.01 * i as f64))
         .collect();
+    let audit = |src: &str, hits: usize| hdpo::curate::audit::KeywordAudit {
+        heatmaps: src.into(),
+        dataset: "Reports".into(),
+        studies: 40,
+        hits,
+        rate: hits as f64 / 40.0,
+        keyword_categories: Default::default(),
+    };
     let md = report::tables_markdown(
         "# T\n",
         &results,
@@ -122,6 +130,7 @@ fn tables_have_the_papers_shapes() {
         &cfg.grid.methods,
         false,
         "file",
+        &[audit("file", 36), audit("mask", 38)],
     );
     let section = |title: &str| -> Vec<String> {
         let start = md
@@ -174,6 +183,14 @@ fn tables_have_the_papers_shapes() {
         .find(|l| l.starts_with("| + HDPO (ours) |"))
         .unwrap();
     assert!(row.contains(&want), "{row} lacks {want}");
+    // The k* audit: one row per heatmap source, the share in percent.
+    let ka = section("Curation: does k* name the lesion?");
+    assert_eq!(ka.len(), 2 + 2, "{ka:#?}");
+    assert_eq!(
+        ka[2],
+        "| file (DAug-style heatmaps) | Reports | 40 | 36 | 90.00 |"
+    );
+    assert_eq!(ka[3], "| lesion mask | Reports | 40 | 38 | 95.00 |");
 }
 
 #[test]
@@ -204,6 +221,7 @@ fn report_writes_json_tables_and_plots() {
         &cfg.grid.methods,
         false,
         "file",
+        &[],
     )
     .unwrap();
     let doc: serde_json::Value =
@@ -515,9 +533,26 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
         "Table 3",
         "Table 4",
         "Table 5",
+        "Curation: does k* name the lesion?",
         "PHANTOM NUMBERS",
     ] {
         assert!(md.contains(t), "tables.md lacks {t}");
+    }
+    // The k* audit of both curated heatmap sources (file: the main cell; mask: Table 5)
+    // on the phantom reports, counted against the manifest's abnormal training studies.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("results.json")).unwrap())
+            .unwrap();
+    let audits = doc["keyword_audit"].as_array().unwrap();
+    let sources: Vec<&str> = audits
+        .iter()
+        .map(|a| a["heatmaps"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["file", "mask"], "{audits:?}");
+    for a in audits {
+        let (n, h) = (a["studies"].as_u64().unwrap(), a["hits"].as_u64().unwrap());
+        assert!(n > 0 && h <= n, "{a}");
+        assert_eq!(a["dataset"], "Phantom reports");
     }
     assert!(dir.path().join("plots/training_curves.png").is_file());
     assert!(dir.path().join("plots/metric_closed.png").is_file());

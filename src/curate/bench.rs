@@ -166,19 +166,6 @@ impl Default for KeywordRateConfig {
     }
 }
 
-/// The k* rate of one heatmap source.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SourceRate {
-    pub heatmaps: String,
-    /// Abnormal test studies scored.
-    pub studies: usize,
-    /// Of them, those whose k* is the finding term, its location phrase or side, or the location answer.
-    pub hits: usize,
-    pub rate: f64,
-    /// How often k* fell in each vocabulary category.
-    pub keyword_categories: std::collections::BTreeMap<String, usize>,
-}
-
 /// What [`keyword_rate`] measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KeywordRateReport {
@@ -191,7 +178,7 @@ pub struct KeywordRateReport {
     pub region_pairs: Option<crate::curate::regions::RegionSummary>,
     pub seconds: f64,
     /// `mask` and `uniform`.
-    pub sources: Vec<SourceRate>,
+    pub sources: Vec<crate::curate::audit::KeywordAudit>,
 }
 
 /// The k* rate on the phantom benchmark (issue 4): generate a phantom set,
@@ -200,7 +187,9 @@ pub struct KeywordRateReport {
 /// heatmaps, and count the abnormal studies whose k* names the lesion's
 /// finding or its location phrase (the phantom's ground truth keywords).
 pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
+
+    use crate::curate::audit::audit_keywords;
 
     use crate::curate::{run, CurateConfig, PairKind, Vocabulary};
     use crate::data::pairs::read_pairs;
@@ -237,35 +226,24 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
     phantom::generate(&pcfg, dir)?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("phantom.json"))?)?;
-    let mut truth: HashMap<String, Vec<String>> = HashMap::new();
+    let truth = crate::curate::audit::phantom_keyword_truth(dir)?;
+    // The finding sentence of each study (for `texts = "findings"`).
     let mut finding_sentence: HashMap<String, String> = HashMap::new();
     for s in manifest["studies"].as_array().into_iter().flatten() {
         let id = s["id"].as_str().unwrap_or_default().to_string();
         let report = s["report"].as_str().unwrap_or_default();
-        let kws: Vec<String> = s["keywords"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k.as_str().map(str::to_ascii_lowercase))
-            .collect();
+        let first_kw = s["keywords"][0].as_str().map(str::to_ascii_lowercase);
         let sentence = crate::curate::chunk::sentences(report)
             .into_iter()
             .map(|(a, b)| &report[a..b])
             .find(|x| {
-                kws.first()
+                first_kw
+                    .as_ref()
                     .is_some_and(|k| x.to_ascii_lowercase().contains(k))
             })
             .unwrap_or("No acute cardiopulmonary abnormality")
             .to_string();
-        finding_sentence.insert(id.clone(), sentence);
-        if s["finding"].is_null() {
-            continue;
-        }
-        let mut names = kws;
-        if let Some(l) = s["location"].as_str() {
-            names.push(l.to_ascii_lowercase());
-        }
-        truth.insert(id, names);
+        finding_sentence.insert(id, sentence);
     }
     let train = reports(Split::Train)?;
     let (mut pairs, regions) = if cfg.regions {
@@ -311,28 +289,14 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
             ..CurateConfig::default()
         };
         run(&cc, &test, &enc, src, &out)?;
-        let (mut hits, mut studies) = (0usize, 0usize);
-        let mut cats: BTreeMap<String, usize> = BTreeMap::new();
-        for p in read_pairs(&out)? {
-            let Some(names) = truth.get(p.source_id.as_deref().unwrap_or_default()) else {
-                continue;
-            };
-            studies += 1;
-            let k = p.keyword.unwrap_or_default().to_ascii_lowercase();
-            hits += usize::from(names.contains(&k));
-            let cat = vocab
-                .lookup(&k)
-                .map(|t| vocab.terms[t].category.clone())
-                .unwrap_or_else(|| "other".into());
-            *cats.entry(cat).or_default() += 1;
-        }
-        rates.push(SourceRate {
-            heatmaps: src.name().to_string(),
-            studies,
-            hits,
-            rate: hits as f64 / studies.max(1) as f64,
-            keyword_categories: cats,
-        });
+        let pairs = read_pairs(&out)?;
+        rates.push(audit_keywords(
+            &pairs,
+            &truth,
+            &vocab,
+            src.name(),
+            "phantom reports",
+        ));
     }
     Ok(KeywordRateReport {
         config: cfg.clone(),

@@ -17,6 +17,7 @@
 //! Library entry point: [`run::run`] (`curate::run(&CurateConfig, &samples,
 //! &encoder, &heatmap_source, out_path) -> Result<CurateSummary>`).
 
+pub mod audit;
 pub mod bench;
 pub mod chunk;
 pub mod keyword;

@@ -301,8 +301,62 @@ pub fn curate(
             &dir.join(format!("{}.summary.json", slug(&d.spec.label))),
             &summary,
         )?;
+        // On the phantom, how often k* names the lesion (its ground truth:
+        // the abnormal studies of the report dataset).
+        if d.root.join("phantom.json").is_file() {
+            let truth = crate::curate::audit::phantom_keyword_truth(&d.root)?;
+            let audit = crate::curate::audit::audit_keywords(
+                &crate::data::pairs::read_pairs(&out)?,
+                &truth,
+                &ccfg.vocab,
+                source,
+                &d.spec.label,
+            );
+            // VQA samples are questions, not studies: nothing to audit there.
+            if audit.studies > 0 {
+                crate::util::fsio::write_json_atomic(
+                    &dir.join(format!("{}.{AUDIT_SUFFIX}", slug(&d.spec.label))),
+                    &audit,
+                )?;
+            }
+        }
     }
     Ok(())
+}
+
+/// File-name suffix of the k* audits next to the curated pairs.
+const AUDIT_SUFFIX: &str = "keyword_audit.json";
+
+/// The k* audits of every heatmap source curated under `pairs_dir`
+/// (`pairs/hdpo-<source>/<dataset>.keyword_audit.json`), sorted by source
+/// and dataset.
+pub fn read_keyword_audits(pairs_dir: &Path) -> Result<Vec<crate::curate::audit::KeywordAudit>> {
+    let mut out = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(pairs_dir) else {
+        return Ok(out);
+    };
+    for d in dirs.filter_map(|e| e.ok().map(|e| e.path())) {
+        let Ok(files) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for f in files.filter_map(|e| e.ok().map(|e| e.path())) {
+            if f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(AUDIT_SUFFIX))
+            {
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
+                out.push(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{}: not a k* audit", f.display()))?,
+                );
+            }
+        }
+    }
+    out.sort_by(|a: &crate::curate::audit::KeywordAudit, b| {
+        (&a.heatmaps, &a.dataset).cmp(&(&b.heatmaps, &b.dataset))
+    });
+    Ok(out)
 }
 
 /// A file-name-safe form of a label.

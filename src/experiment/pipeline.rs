@@ -245,6 +245,7 @@ pub fn run(cfg: &ExperimentConfig, run_dir: &Path, progress: &dyn Progress) -> R
                 &cfg.grid.methods,
                 ablation_sft,
                 &cfg.curation.heatmap_source,
+                &pieces::read_keyword_audits(&run_dir.join("pairs"))?,
             )?;
             let s = format!("{} plots", f.plots.len());
             Ok((f, s))

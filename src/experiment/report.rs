@@ -8,6 +8,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::grid::{CellResult, Variant};
+use crate::curate::audit::KeywordAudit;
 use crate::eval::plot::{bar_chart, line_chart, Bar, Series};
 use crate::eval::tables::{markdown_table, ColumnGroup, ResultRow};
 use crate::util::fsio::{atomic_write, write_json_atomic};
@@ -199,6 +200,39 @@ pub fn table_lambda(rows: &[ResultRow], datasets: &[DatasetSpec], sft: bool) -> 
     )
 }
 
+/// A heatmap source's name in the tables.
+pub fn heatmap_label(source: &str) -> String {
+    match source {
+        "file" => "file (DAug-style heatmaps)".into(),
+        "mask" => "lesion mask".into(),
+        "gradcam" => "GradCAM".into(),
+        "attention" => "attention rollout".into(),
+        o => o.into(),
+    }
+}
+
+/// The k* audit of curation against the phantom's ground truth, one row per
+/// heatmap source and dataset (Table 5's sources: does the heatmap make k*
+/// name the lesion?).
+pub fn table_keyword_audit(audits: &[KeywordAudit]) -> String {
+    let mut md = String::from(
+        "### Curation: does k* name the lesion? (phantom ground truth, training studies)\n\n\
+         | Heatmap source | Dataset | Abnormal studies | k* names the finding or location | Share |\n\
+         |---|---|---:|---:|---:|\n",
+    );
+    for a in audits {
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} |\n",
+            heatmap_label(&a.heatmaps),
+            a.dataset,
+            a.studies,
+            a.hits,
+            100.0 * a.rate
+        ));
+    }
+    md
+}
+
 /// Table 5: heatmap sources of HDPO; `main_source` is the source of the main HDPO cell.
 pub fn table_heatmaps(
     rows: &[ResultRow],
@@ -206,15 +240,7 @@ pub fn table_heatmaps(
     sft: bool,
     main_source: &str,
 ) -> String {
-    let name = |s: &str| -> String {
-        match s {
-            "file" => "file (DAug-style heatmaps)".into(),
-            "mask" => "lesion mask".into(),
-            "gradcam" => "GradCAM".into(),
-            "attention" => "attention rollout".into(),
-            o => o.into(),
-        }
-    };
+    let name = heatmap_label;
     let label = |r: &ResultRow| -> Option<String> {
         if r.subset != "all" || r.method != "hdpo" || r.sft != sft {
             return None;
@@ -268,6 +294,9 @@ pub struct ResultsDoc {
     pub datasets: Vec<DatasetSpec>,
     pub cells: Vec<CellResult>,
     pub rows: Vec<ResultRow>,
+    /// How often curation's k* named the lesion, per heatmap source (phantom only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keyword_audit: Vec<KeywordAudit>,
 }
 
 /// All tables as one Markdown document.
@@ -278,6 +307,7 @@ pub fn tables_markdown(
     methods: &[String],
     ablation_sft: bool,
     main_source: &str,
+    audits: &[KeywordAudit],
 ) -> String {
     let rows = all_rows(cells);
     let mut md = String::from(header);
@@ -320,6 +350,10 @@ pub fn tables_markdown(
         md.push('\n');
         md.push_str(&table_probe(&rows, datasets, methods));
     }
+    if !audits.is_empty() {
+        md.push('\n');
+        md.push_str(&table_keyword_audit(audits));
+    }
     md
 }
 
@@ -340,6 +374,7 @@ pub fn write_report(
     methods: &[String],
     ablation_sft: bool,
     main_source: &str,
+    audits: &[KeywordAudit],
 ) -> Result<ReportFiles> {
     let rows = all_rows(cells);
     let doc = ResultsDoc {
@@ -348,10 +383,19 @@ pub fn write_report(
         datasets: datasets.to_vec(),
         cells: cells.to_vec(),
         rows: rows.clone(),
+        keyword_audit: audits.to_vec(),
     };
     let results_json = out.join("results.json");
     write_json_atomic(&results_json, &doc)?;
-    let md = tables_markdown(header, cells, datasets, methods, ablation_sft, main_source);
+    let md = tables_markdown(
+        header,
+        cells,
+        datasets,
+        methods,
+        ablation_sft,
+        main_source,
+        audits,
+    );
     let tables_md = out.join("tables.md");
     atomic_write(&tables_md, md.as_bytes())?;
     let plots = write_plots(&out.join("plots"), cells, datasets, methods)?;
