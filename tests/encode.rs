@@ -2,7 +2,6 @@
 //! gradients, rollout, Eq. 2 pooling, Ω*, and contrastive alignment.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use hdpo::encode::{
@@ -15,19 +14,8 @@ use hdpo::heatmap::region::{salient_region, Connectivity, RegionOptions, Thresho
 use hdpo::heatmap::rollout::{attention_rollout, rollout};
 use hdpo::heatmap::{Heatmap, HeatmapSource, SampleView};
 
-fn fixture(name: &str) -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models").join(name)
-}
-
-fn reference(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name).join("reference.safetensors"), &Device::Cpu)
-        .expect("reference tensors")
-}
-
-fn reference_json(name: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap())
-        .unwrap()
-}
+mod common;
+use common::{model_fixture as fixture, reference, reference_json};
 
 /// `|a-b| <= 1e-4 + 1e-4|b|` elementwise (fixtures README section 1).
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {

@@ -2,11 +2,10 @@
 //! fixture (`fixtures/models/tiny_llava`), λ = 0 equivalence, SFT on the
 //! phantom set, exact resume, `hdpo train` / `hdpo predict`, and bad input.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use hdpo::data::phantom::PhantomConfig;
 use hdpo::data::{self, AnswerType, Sample, Split};
 use hdpo::model::policy::{read_preference_pairs, sft_examples, LlavaPolicy};
@@ -18,18 +17,11 @@ use hdpo::train::config::{OptimConfig, PreferenceConfig, RunConfig, ScheduleKind
 use hdpo::train::{loss_by_name, preference, sft, PreferencePair, PreferencePolicy, SeqItem};
 use serde_json::Value;
 
-fn fixture() -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models/tiny_llava")
-}
-
-fn reference_json() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
-        .unwrap()
-}
-
-fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
+mod common;
+use common::{
+    tiny_llava as fixture, tiny_llava_reference as reference,
+    tiny_llava_reference_json as reference_json, vec_f64,
+};
 
 fn load_model(adapter: bool) -> (LlavaModel, TextTokenizer) {
     let mut m = LlavaModel::load(&fixture(), &LoadOptions::default()).unwrap();
@@ -38,15 +30,6 @@ fn load_model(adapter: bool) -> (LlavaModel, TextTokenizer) {
     }
     let tok = TextTokenizer::from_dir(&fixture(), &m.config).unwrap();
     (m, tok)
-}
-
-fn vec_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn rel(a: f64, b: f64) -> f64 {

@@ -1,7 +1,6 @@
 //! LoRA (PEFT semantics and layout), gradients, merging, `model info` and the
 //! throughput function, on `fixtures/models/tiny_llava`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
@@ -12,18 +11,11 @@ use hdpo::model::{
     LoraConfig, TargetModules,
 };
 
-fn fixture() -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models/tiny_llava")
-}
-
-fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn reference_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
-        .unwrap()
-}
+mod common;
+use common::{
+    tiny_llava as fixture, tiny_llava_reference as reference,
+    tiny_llava_reference_json as reference_json, vec_f64,
+};
 
 fn load(dtype: DType) -> LlavaModel {
     LlavaModel::load(
@@ -34,15 +26,6 @@ fn load(dtype: DType) -> LlavaModel {
         },
     )
     .unwrap()
-}
-
-fn vec_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

@@ -2,7 +2,7 @@
 //! (tolerances from fixtures/README.md section 1), loading variants, and the CLI.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use hdpo::model::checkpoint::Checkpoint;
@@ -12,30 +12,14 @@ use hdpo::model::{
     LoadOptions, TextTokenizer,
 };
 
-fn fixture() -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models/tiny_llava")
-}
-
-fn reference() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("reference.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn reference_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture().join("reference.json")).unwrap())
-        .unwrap()
-}
+mod common;
+use common::{
+    tiny_llava as fixture, tiny_llava_reference as reference,
+    tiny_llava_reference_json as reference_json, vec_f64,
+};
 
 fn load(dir: &Path) -> LlavaModel {
     LlavaModel::load(dir, &LoadOptions::default()).unwrap()
-}
-
-fn vec_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 /// `|a - b| <= atol + rtol |b|` elementwise, with the worst case in the message.

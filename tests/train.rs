@@ -2,7 +2,6 @@
 //! accumulation, λ-equivalence, exact resume, gradients, held-out gains and
 //! bad input, on the toy policy (`hdpo::train::toy`).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -15,19 +14,10 @@ use hdpo::train::{
 };
 use serde_json::Value;
 
-fn fixture_dir() -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models/tiny_llava")
-}
-
-fn reference_json() -> Value {
-    let p = fixture_dir().join("reference.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-fn reference_tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir().join("reference.safetensors"), &Device::Cpu)
-        .unwrap()
-}
+mod common;
+use common::{
+    tiny_llava_reference as reference_tensors, tiny_llava_reference_json as reference_json,
+};
 
 fn f64s(v: &Value) -> Vec<f64> {
     v.as_array()
