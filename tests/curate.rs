@@ -827,5 +827,31 @@ fn cli_curates_with_each_heatmap_source() {
             .path()
             .join(format!("{spec}.jsonl.summary.json"))
             .is_file());
+        // The phantom's k* audit counts each abnormal study with a pair once.
+        let abnormal: std::collections::HashSet<&str> = pairs
+            .iter()
+            .filter_map(|p| p.source_id.as_deref())
+            .filter(|id| manifest_finding(&s.dir, id).is_some())
+            .collect();
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("k* names the lesion's finding or location for"))
+            .unwrap_or_else(|| panic!("{spec}: no k* audit in {stdout}"));
+        assert!(
+            line.contains(&format!(" of {} abnormal phantom studies", abnormal.len())),
+            "{spec}: {line}"
+        );
     }
+}
+
+/// The finding of phantom study `id` (None for a normal study).
+fn manifest_finding(dir: &Path, id: &str) -> Option<String> {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("phantom.json")).unwrap()).unwrap();
+    m["studies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["finding"].as_str().map(str::to_string))
 }

@@ -135,6 +135,24 @@ pub fn run(a: CurateArgs) -> Result<()> {
     let summary_path = PathBuf::from(format!("{}.summary.json", a.out.display()));
     hdpo::util::fsio::write_json_atomic(&summary_path, &summary)?;
     print!("{summary}");
+    // On the phantom, its ground truth says how often k* named the lesion.
+    if let Some(root) = cfg
+        .data_root
+        .as_ref()
+        .filter(|r| r.join("phantom.json").is_file())
+    {
+        let truth = hdpo::curate::audit::phantom_keyword_truth(root)?;
+        let pairs = hdpo::data::pairs::read_pairs(&a.out)?;
+        let au = hdpo::curate::audit::audit_keywords(&pairs, &truth, &cfg.vocab, &a.heatmaps, "");
+        if au.studies > 0 {
+            println!(
+                "  k* names the lesion's finding or location for {} of {} abnormal phantom studies ({:.1}%)",
+                au.hits,
+                au.studies,
+                100.0 * au.rate
+            );
+        }
+    }
     println!("  summary: {}", summary_path.display());
     if let Some(r) = &a.rule_out {
         let n = export_rule(&a.out, r)?;
