@@ -5,7 +5,7 @@
 //! or its location phrase.
 //!
 //! ```text
-//! cargo run --release --example curate_keyword_rate -- [OUT_DIR] [TRAIN] [EPOCHS] [report|findings] [regions|global]
+//! cargo run --release --example curate_keyword_rate -- [OUT_DIR] [TRAIN] [EPOCHS] [report|findings] [regions|global] [SEED]
 //! ```
 
 use hdpo::curate::bench::{keyword_rate, KeywordRateConfig};
@@ -31,6 +31,9 @@ fn main() -> anyhow::Result<()> {
             "global" => false,
             other => anyhow::bail!("expected regions or global, got {other:?}"),
         };
+    }
+    if let Some(s) = args.next() {
+        cfg.seed = s.parse()?;
     }
     let r = keyword_rate(&cfg)?;
     if let Some(a) = &r.align_regions {
