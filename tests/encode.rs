@@ -1235,10 +1235,17 @@ fn local_alignment_teaches_regions_their_phrase_in_both_modes() {
     );
     // Projections only, on the frozen tiny ViT / BERT checkpoints.
     let cfg = frozen_tiny_towers_config();
-    let frozen = align(pairs, &cfg, &tmp.path().join("frozen")).unwrap();
+    let frozen = align(pairs.clone(), &cfg, &tmp.path().join("frozen")).unwrap();
     let f = frozen.regions.unwrap();
     eprintln!("frozen towers: {f:?}");
     assert!(f.heldout_top1.unwrap() >= 0.75, "{f:?}");
+    // A negative weight would push regions away from their phrases: refused.
+    let bad = AlignConfig {
+        region_weight: -1.0,
+        ..small_config()
+    };
+    let e = align(pairs, &bad, &tmp.path().join("bad")).unwrap_err();
+    assert!(e.to_string().contains("region_weight"), "{e}");
 }
 
 #[test]

@@ -605,6 +605,12 @@ pub fn align_with_progress(
     if cfg.text_pooling == TextPooling::Eos {
         bail!("text_pooling \"eos\" is for CLIP text towers; hdpo align trains a BERT tower");
     }
+    if !(cfg.region_weight.is_finite() && cfg.region_weight >= 0.0) {
+        bail!(
+            "region_weight must be a finite number >= 0, got {}",
+            cfg.region_weight
+        );
+    }
     for (i, p) in pairs.iter().enumerate() {
         if p.text.trim().is_empty() {
             bail!("pair {i}: empty text");

@@ -250,6 +250,53 @@ pub fn heldout_top1(regions: &Tensor, rows: &[&RegionRow], phrases: &Tensor) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encode::align::PairImage;
+    use crate::heatmap::Heatmap;
+
+    fn pair(region: Option<(&[&str], &[&str])>) -> AlignPair {
+        let img = Tensor::zeros((3, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let mut p = AlignPair::global(PairImage::Tensor(img), "text");
+        p.region = region.map(|(pos, neg)| RegionText {
+            // The left half of an 8 x 8 image.
+            heatmap: Heatmap::new(8, 8, (0..64).map(|i| f32::from(i % 8 < 4)).collect()).unwrap(),
+            positives: pos.iter().map(|s| s.to_string()).collect(),
+            negatives: neg.iter().map(|s| s.to_string()).collect(),
+        });
+        p
+    }
+
+    #[test]
+    fn table_dedupes_phrases_and_batches_only_region_rows() {
+        let pairs = vec![
+            pair(Some((
+                &["Nodule", "left lung"],
+                &["nodule ", "heart", "Heart"],
+            ))),
+            pair(None),
+            pair(Some((&["effusion"], &["heart"]))),
+        ];
+        let t = RegionTable::build(&pairs, &[0, 1], &[2], 8, 2).unwrap();
+        assert_eq!(t.phrases, ["Nodule", "left lung", "heart", "effusion"]);
+        let r0 = t.train[0].as_ref().unwrap();
+        // "nodule " is the positive "Nodule"; "Heart" is "heart".
+        assert_eq!(
+            (r0.positives.clone(), r0.negatives.clone()),
+            (vec![0, 1], vec![2])
+        );
+        // Eq. 2 on a 2 x 2 grid: the two left patches share the weight.
+        assert_eq!(r0.weights, [0.5, 0.0, 0.5, 0.0]);
+        assert!(t.train[1].is_none());
+        assert_eq!(t.heldout_rows().0, [0]);
+        let b = t.batch(&[1, 0], &Device::Cpu).unwrap().unwrap();
+        assert_eq!(b.rows.to_vec1::<u32>().unwrap(), [1]);
+        assert_eq!(b.phrases.to_vec1::<u32>().unwrap(), [0, 1, 2]);
+        assert_eq!(b.positive, [vec![true, true, false]]);
+        assert!(t.batch(&[1], &Device::Cpu).unwrap().is_none());
+        // A region without a positive phrase is an error naming the pair.
+        let bad = vec![pair(None), pair(Some((&[], &["heart"])))];
+        let e = RegionTable::build(&bad, &[0, 1], &[], 8, 2).unwrap_err();
+        assert!(e.to_string().contains("pair 1"), "{e}");
+    }
 
     #[test]
     fn region_nce_is_minus_log_of_the_positive_mass() {
