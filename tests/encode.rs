@@ -1294,13 +1294,11 @@ fn align_cli_adds_the_local_alignment_from_dataset_masks() {
         .filter(|s| !s["finding"].is_null())
         .count();
     assert!(abnormal > 10 && abnormal < 30);
-    assert!(
-        stdout.contains(&format!(
-            "local alignment: {abnormal} of 30 pairs with a lesion region (0 without a mask, {} with an empty mask",
-            30 - abnormal
-        )),
-        "{stdout}"
+    let counts = format!(
+        "local alignment: {abnormal} of 30 pairs with a lesion region ({} without a finding phrase, 0 without a mask, 0 with an empty mask, 0 unusable heatmaps)",
+        30 - abnormal
     );
+    assert!(stdout.contains(&counts), "{stdout}");
     assert!(
         stdout.contains("local alignment: held-out region -> lesion phrase top-1"),
         "{stdout}"
@@ -1313,4 +1311,22 @@ fn align_cli_adds_the_local_alignment_from_dataset_masks() {
     let (stdout, report) = run("global", &["--no-regions"]);
     assert!(!stdout.contains("local alignment"), "{stdout}");
     assert!(report.get("regions").is_none());
+    // Regions from the DAug-style heatmap files instead of the masks.
+    let (stdout, report) = run("file", &["--region-heatmaps", "file"]);
+    assert!(stdout.contains(&counts), "{stdout}");
+    assert!(report["regions"]["train_regions"].as_u64().unwrap() > 0);
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(["align", "--format", "phantom-report", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .args(["--region-heatmaps", "gradcam"])
+        .output()
+        .unwrap();
+    assert!(!res.status.success());
+    assert!(
+        String::from_utf8_lossy(&res.stderr).contains("expected mask or file[:DIR]"),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
 }

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hdpo::curate::regions::pairs_with_regions;
+use hdpo::curate::regions::{pairs_with_regions, RegionHeatmaps};
 use hdpo::curate::Vocabulary;
 use hdpo::data::{DatasetFormat, LoadOptions, Split};
 use hdpo::encode::align::{
     align_with_progress, pairs_from_samples, AlignConfig, AlignPair, PairImage, PretrainedTowers,
 };
 use hdpo::encode::TextPooling;
+use hdpo::heatmap::file::FileSource;
 
 /// Arguments of `hdpo align`.
 #[derive(Args, Debug)]
@@ -63,6 +64,11 @@ pub struct AlignArgs {
     /// phrases, replacing the default (as `hdpo curate --vocab`).
     #[arg(long)]
     pub vocab: Option<PathBuf>,
+    /// Where each sample's region comes from: `mask` (its lesion mask) or
+    /// `file[:DIR]` (DAug-style heatmap files, `{id}_{class}.npy` / PNG,
+    /// default DIR = DATA/heatmaps), for data without masks.
+    #[arg(long, default_value = "mask")]
+    pub region_heatmaps: String,
 }
 
 fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
@@ -128,18 +134,32 @@ pub fn run(args: AlignArgs) -> Result<()> {
                 Some(v) => Vocabulary::from_file(v)?,
                 None => Vocabulary::default_vocab(),
             };
-            let (pairs, sum) = pairs_with_regions(&loaded.samples, &vocab);
+            let spec = args.region_heatmaps.as_str();
+            let file_source;
+            let heatmaps = if spec == "mask" {
+                RegionHeatmaps::Masks
+            } else if spec == "file" || spec.starts_with("file:") {
+                let dir = spec
+                    .strip_prefix("file:")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| args.data.join("heatmaps"));
+                file_source = FileSource { dir, class: None };
+                RegionHeatmaps::Source(&file_source)
+            } else {
+                bail!("--region-heatmaps {spec:?}: expected mask or file[:DIR]");
+            };
+            let (pairs, sum) = pairs_with_regions(&loaded.samples, &vocab, heatmaps);
             println!(
-                "local alignment: {} of {} pairs with a lesion region ({} without a mask, {} with an empty mask, {} without a finding phrase, {} unreadable masks)",
+                "local alignment: {} of {} pairs with a lesion region ({} without a finding phrase, {} without a mask, {} with an empty mask, {} unusable heatmaps)",
                 sum.with_region,
                 sum.pairs,
+                sum.no_positive_phrase,
                 sum.no_mask,
                 sum.empty_mask,
-                sum.no_positive_phrase,
-                sum.bad_masks.len()
+                sum.bad_heatmaps.len()
             );
-            for b in sum.bad_masks.iter().take(10) {
-                eprintln!("warning: mask skipped: {b}");
+            for b in sum.bad_heatmaps.iter().take(10) {
+                eprintln!("warning: region skipped: {b}");
             }
             pairs
         };

@@ -247,8 +247,11 @@ pub fn keyword_rate(cfg: &KeywordRateConfig) -> Result<KeywordRateReport> {
     }
     let train = reports(Split::Train)?;
     let (mut pairs, regions) = if cfg.regions {
-        let (p, r) =
-            crate::curate::regions::pairs_with_regions(&train, &Vocabulary::default_vocab());
+        let (p, r) = crate::curate::regions::pairs_with_regions(
+            &train,
+            &Vocabulary::default_vocab(),
+            crate::curate::regions::RegionHeatmaps::Masks,
+        );
         (p, Some(r))
     } else {
         (crate::encode::align::pairs_from_samples(&train), None)

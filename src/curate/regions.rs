@@ -11,8 +11,12 @@
 //! * Negation, NegEx-style: a cue ([`NEGATION_CUES`]) before the chunk in
 //!   its sentence ("No pleural effusion", "There is no pneumothorax").
 //!
-//! Samples without a mask, with an empty mask (normal studies) or without a
-//! positive phrase keep the global pair only; they are counted.
+//! The region is the sample's lesion mask, or a heatmap from a heatmap source
+//! (DAug-style files for data without masks). Samples without a positive
+//! phrase (normal studies), without a mask, with an empty mask or with an
+//! unusable heatmap keep the global pair only; they are counted.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +25,8 @@ use super::vocab::Vocabulary;
 use crate::data::Sample;
 use crate::encode::align::{sourced_pairs_from_samples, AlignPair, RegionText};
 use crate::heatmap::mask::{mask_heatmap, read_mask};
+use crate::heatmap::pool::check_heatmap;
+use crate::heatmap::{HeatmapSource, SampleView};
 
 /// Words and word pairs that negate a finding later in the same sentence.
 pub const NEGATION_CUES: &[&str] = &[
@@ -89,19 +95,33 @@ pub fn region_phrases(
 pub struct RegionSummary {
     pub pairs: usize,
     pub with_region: usize,
-    pub no_mask: usize,
-    /// Masks without lesion pixels (normal studies).
-    pub empty_mask: usize,
+    /// Answers without a positive phrase (normal studies, anatomy-only answers).
     pub no_positive_phrase: usize,
-    /// Masks that could not be read: `"id: reason"`.
-    pub bad_masks: Vec<String>,
+    /// With mask regions: samples without a lesion mask.
+    pub no_mask: usize,
+    /// With mask regions: masks without lesion pixels.
+    pub empty_mask: usize,
+    /// Heatmaps or masks that could not be read or are unusable (all zero,
+    /// negative, non-finite): `"id: reason"`.
+    pub bad_heatmaps: Vec<String>,
+}
+
+/// Where the region of a sample comes from.
+#[derive(Clone, Copy)]
+pub enum RegionHeatmaps<'a> {
+    /// Its lesion mask (the phantom, SLAKE-style data).
+    Masks,
+    /// A heatmap source, e.g. DAug-style heatmap files (`file:DIR`) for data
+    /// without masks (MIMIC-CXR).
+    Source(&'a dyn HeatmapSource),
 }
 
 /// [`sourced_pairs_from_samples`] with a [`RegionText`] on every pair whose
-/// sample has a non-empty lesion mask and a positive phrase.
+/// sample's answer has a positive phrase and whose region heatmap is usable.
 pub fn pairs_with_regions(
     samples: &[Sample],
     vocab: &Vocabulary,
+    heatmaps: RegionHeatmaps,
 ) -> (Vec<AlignPair>, RegionSummary) {
     let mut sum = RegionSummary::default();
     let pairs = sourced_pairs_from_samples(samples)
@@ -109,27 +129,39 @@ pub fn pairs_with_regions(
         .map(|(i, mut pair)| {
             let s = &samples[i];
             sum.pairs += 1;
-            let Some(mask_path) = &s.mask else {
-                sum.no_mask += 1;
-                return pair;
-            };
-            let mask = match read_mask(mask_path) {
-                Ok(m) => m,
-                Err(e) => {
-                    sum.bad_masks.push(format!("{}: {e:#}", s.id));
-                    return pair;
-                }
-            };
-            if !mask.data.iter().any(|b| *b) {
-                sum.empty_mask += 1;
-                return pair;
-            }
             let Some((positives, negatives)) = region_phrases(&s.answer, s.answer_type, vocab)
             else {
                 sum.no_positive_phrase += 1;
                 return pair;
             };
-            match mask_heatmap(&mask, None, &s.id) {
+            let heatmap = match heatmaps {
+                RegionHeatmaps::Masks => {
+                    let Some(mask_path) = &s.mask else {
+                        sum.no_mask += 1;
+                        return pair;
+                    };
+                    match read_mask(mask_path) {
+                        Ok(m) if !m.data.iter().any(|b| *b) => {
+                            sum.empty_mask += 1;
+                            return pair;
+                        }
+                        Ok(m) => mask_heatmap(&m, None, &s.id),
+                        Err(e) => Err(e),
+                    }
+                }
+                RegionHeatmaps::Source(src) => {
+                    let view = SampleView {
+                        id: &s.id,
+                        image: None,
+                        image_path: s.images.first().map(PathBuf::as_path),
+                        mask_path: s.mask.as_deref(),
+                        text: None,
+                    };
+                    src.heatmap(&view)
+                        .and_then(|h| check_heatmap(&h, &s.id).map(|_| h))
+                }
+            };
+            match heatmap {
                 Ok(heatmap) => {
                     sum.with_region += 1;
                     pair.region = Some(RegionText {
@@ -138,7 +170,7 @@ pub fn pairs_with_regions(
                         negatives,
                     });
                 }
-                Err(e) => sum.bad_masks.push(format!("{}: {e:#}", s.id)),
+                Err(e) => sum.bad_heatmaps.push(format!("{}: {e:#}", s.id)),
             }
             pair
         })
@@ -150,6 +182,63 @@ pub fn pairs_with_regions(
 mod tests {
     use super::*;
     use crate::data::AnswerType;
+
+    /// Heatmaps by sample id: `z*` all zero, `e*` an error, else a blob.
+    struct StubSource;
+
+    impl HeatmapSource for StubSource {
+        fn name(&self) -> &str {
+            "stub"
+        }
+        fn heatmap(&self, s: &SampleView) -> anyhow::Result<crate::heatmap::Heatmap> {
+            let v = match s.id.chars().next() {
+                Some('z') => 0.0,
+                Some('e') => anyhow::bail!("no heatmap file for {}", s.id),
+                _ => 1.0,
+            };
+            crate::heatmap::Heatmap::new(2, 2, vec![v, 0.0, 0.0, 0.0])
+        }
+    }
+
+    #[test]
+    fn regions_from_a_heatmap_source_count_what_they_skip() {
+        let sample = |id: &str, answer: &str| Sample {
+            id: id.into(),
+            dataset: "t".into(),
+            split: crate::data::Split::Train,
+            images: vec![PathBuf::from(format!("{id}.png"))],
+            question: None,
+            answer: answer.into(),
+            answer_type: AnswerType::Report,
+            mask: None,
+            meta: Default::default(),
+        };
+        let finding = "A small nodule in the right upper lobe. The heart is normal.";
+        let samples = [
+            sample("a1", finding),
+            sample("n1", "The lungs are clear. No pneumothorax."),
+            sample("z1", finding),
+            sample("e1", finding),
+        ];
+        let v = Vocabulary::default_vocab();
+        let (pairs, sum) = pairs_with_regions(&samples, &v, RegionHeatmaps::Source(&StubSource));
+        assert_eq!(
+            (sum.pairs, sum.with_region, sum.no_positive_phrase),
+            (4, 1, 1)
+        );
+        assert_eq!(sum.bad_heatmaps.len(), 2, "{sum:?}");
+        assert!(sum.bad_heatmaps[0].starts_with("z1: "), "{sum:?}");
+        assert!(
+            sum.bad_heatmaps[1].contains("no heatmap file for e1"),
+            "{sum:?}"
+        );
+        let r = pairs[0].region.as_ref().unwrap();
+        assert_eq!(r.positives, ["nodule", "right upper lobe"]);
+        assert!(pairs[1..].iter().all(|p| p.region.is_none()));
+        // With masks, samples without one are counted as such.
+        let (_, sum) = pairs_with_regions(&samples, &v, RegionHeatmaps::Masks);
+        assert_eq!((sum.no_mask, sum.with_region), (3, 0));
+    }
 
     #[test]
     fn negation_needs_a_cue_before_the_term_in_its_sentence() {

@@ -468,7 +468,11 @@ fn prepare_encoder(
     let e = &cfg.encoder;
     let (pairs, regions) = if e.regions {
         let vocab = crate::curate::Vocabulary::default_vocab();
-        let (p, r) = crate::curate::regions::pairs_with_regions(&train, &vocab);
+        let (p, r) = crate::curate::regions::pairs_with_regions(
+            &train,
+            &vocab,
+            crate::curate::regions::RegionHeatmaps::Masks,
+        );
         (p, format!(", {} with a lesion region", r.with_region))
     } else {
         (
