@@ -466,19 +466,16 @@ fn prepare_encoder(
         .flat_map(|d| d.train.iter().cloned())
         .collect();
     let e = &cfg.encoder;
-    let (pairs, regions) = if e.regions {
+    let pairs = if e.regions {
         let vocab = crate::curate::Vocabulary::default_vocab();
-        let (p, r) = crate::curate::regions::pairs_with_regions(
+        crate::curate::regions::pairs_with_regions(
             &train,
             &vocab,
             crate::curate::regions::RegionHeatmaps::Masks,
-        );
-        (p, format!(", {} with a lesion region", r.with_region))
-    } else {
-        (
-            crate::encode::align::pairs_from_samples(&train),
-            String::new(),
         )
+        .0
+    } else {
+        crate::encode::align::pairs_from_samples(&train)
     };
     let acfg = crate::encode::align::AlignConfig {
         image_size: e.image_size,
@@ -499,7 +496,7 @@ fn prepare_encoder(
     let rep = crate::encode::align::align(pairs, &acfg, &dir)?;
     mark_done(&dir, fingerprint)?;
     let mut s = format!(
-        "{} pairs{regions}, final loss {:.3}, held-out image->text R@1 {:.2} (chance {:.2})",
+        "{} training pairs, final loss {:.3}, held-out image->text R@1 {:.2} (chance {:.2})",
         rep.train_pairs,
         rep.epoch_loss.last().copied().unwrap_or(f64::NAN),
         rep.recall.image_to_text_r1,
