@@ -142,6 +142,35 @@ fn load_model(
     Ok((m, tok))
 }
 
+/// The samples of `split` in the dataset at `dir` (format detected when
+/// `None`), images required, the first `limit`; none is an error.
+fn load_samples(
+    dir: &Path,
+    format: Option<DatasetFormat>,
+    split: Split,
+    limit: Option<usize>,
+) -> Result<Vec<data::Sample>> {
+    let format = match format {
+        Some(f) => f,
+        None => data::detect_format(dir)?,
+    };
+    let opts = data::LoadOptions {
+        split: Some(split),
+        require_images: true,
+        ..Default::default()
+    };
+    let mut samples = data::load(format, dir, &opts)?.samples;
+    if let Some(n) = limit {
+        samples.truncate(n);
+    }
+    ensure!(
+        !samples.is_empty(),
+        "{}: no {format} samples in split {split}",
+        dir.display()
+    );
+    Ok(samples)
+}
+
 fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -356,30 +385,7 @@ fn train_sft(a: TrainArgs) -> Result<()> {
     apply_run(&a, &mut cfg.run, &mut cfg.optim);
     cfg.validate()?;
     let template = ChatTemplate::from_name(&a.template)?;
-    let format = match a.format {
-        Some(f) => f,
-        None => data::detect_format(&data_dir)?,
-    };
-    let loaded = data::load(
-        format,
-        &data_dir,
-        &data::LoadOptions {
-            split: Some(a.split),
-            require_images: true,
-            ..Default::default()
-        },
-    )?;
-    let mut samples = loaded.samples;
-    if let Some(n) = a.limit {
-        samples.truncate(n);
-    }
-    ensure!(
-        !samples.is_empty(),
-        "{}: no {} samples in split {}",
-        data_dir.display(),
-        format,
-        a.split
-    );
+    let samples = load_samples(&data_dir, a.format, a.split, a.limit)?;
     let mut examples = sft_examples(&samples)?;
     let (mut model, tok) = load_model(
         &a.model,
@@ -448,30 +454,7 @@ pub struct PredictArgs {
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     let template = ChatTemplate::from_name(&a.template)?;
-    let format = match a.format {
-        Some(f) => f,
-        None => data::detect_format(&a.data)?,
-    };
-    let loaded = data::load(
-        format,
-        &a.data,
-        &data::LoadOptions {
-            split: Some(a.split),
-            require_images: true,
-            ..Default::default()
-        },
-    )?;
-    let mut samples = loaded.samples;
-    if let Some(n) = a.limit {
-        samples.truncate(n);
-    }
-    ensure!(
-        !samples.is_empty(),
-        "{}: no {} samples in split {}",
-        a.data.display(),
-        format,
-        a.split
-    );
+    let samples = load_samples(&a.data, a.format, a.split, a.limit)?;
     let (model, tok) = load_model(
         &a.model,
         a.adapter.as_deref(),
