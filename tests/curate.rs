@@ -22,6 +22,8 @@ use hdpo::heatmap::uniform::UniformSource;
 use hdpo::heatmap::HeatmapSource;
 use std::sync::Arc;
 
+mod common;
+
 // ---------------------------------------------------------------------------
 // The heatmap matters (Eq. 3-6): k* follows the heatmap.
 //
@@ -114,23 +116,7 @@ fn keyword_follows_the_heatmap_mask_versus_uniform() {
             )
         })
         .collect();
-    let acfg = AlignConfig {
-        image_size: 32,
-        patch_size: 8,
-        vision_hidden: 32,
-        vision_layers: 1,
-        vision_heads: 2,
-        text_hidden: 32,
-        text_layers: 1,
-        text_heads: 2,
-        max_text_len: 16,
-        projection_dim: 16,
-        epochs: 20,
-        batch_size: 16,
-        learning_rate: 1e-3,
-        seed: 3,
-        ..AlignConfig::default()
-    };
+    let acfg = common::small_align_config();
     let enc_dir = tmp.path().join("encoder");
     let report = align(pairs, &acfg, &enc_dir).unwrap();
     let enc = DualEncoder::load(&enc_dir, &hdpo::encode::LoadOptions::default()).unwrap();
@@ -267,20 +253,10 @@ fn small() -> &'static Small {
             .map(|s| AlignPair::global(PairImage::Path(s.images[0].clone()), s.answer.clone()))
             .collect();
         let acfg = AlignConfig {
-            image_size: 32,
-            patch_size: 8,
-            vision_hidden: 32,
-            vision_layers: 1,
-            vision_heads: 2,
-            text_hidden: 32,
-            text_layers: 1,
-            text_heads: 2,
             max_text_len: 64,
-            projection_dim: 16,
             epochs: 1,
-            batch_size: 16,
             seed: 2,
-            ..AlignConfig::default()
+            ..common::small_align_config()
         };
         let encoder_dir = dir.join("encoder");
         align(pairs, &acfg, &encoder_dir).expect("align");

@@ -15,7 +15,9 @@ use hdpo::heatmap::rollout::{attention_rollout, rollout};
 use hdpo::heatmap::{Heatmap, HeatmapSource, SampleView};
 
 mod common;
-use common::{model_fixture as fixture, reference, reference_json};
+use common::{
+    model_fixture as fixture, reference, reference_json, small_align_config as small_config,
+};
 
 /// `|a-b| <= 1e-4 + 1e-4|b|` elementwise (fixtures README section 1).
 fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
@@ -802,26 +804,6 @@ fn quadrant_pairs(n: usize, seed: u64) -> Vec<AlignPair> {
             )
         })
         .collect()
-}
-
-fn small_config() -> AlignConfig {
-    AlignConfig {
-        image_size: 32,
-        patch_size: 8,
-        vision_hidden: 32,
-        vision_layers: 1,
-        vision_heads: 2,
-        text_hidden: 32,
-        text_layers: 1,
-        text_heads: 2,
-        max_text_len: 16,
-        projection_dim: 16,
-        epochs: 20,
-        batch_size: 16,
-        learning_rate: 1e-3,
-        seed: 3,
-        ..AlignConfig::default()
-    }
 }
 
 #[test]

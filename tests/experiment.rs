@@ -124,13 +124,15 @@ fn tables_have_the_papers_shapes() {
         keyword_categories: Default::default(),
     };
     let md = report::tables_markdown(
-        "# T\n",
+        &report::ReportSpec {
+            header: "# T\n",
+            datasets: &specs(),
+            methods: &cfg.grid.methods,
+            ablation_sft: false,
+            main_source: "file",
+            audits: &[audit("file", 36), audit("mask", 38)],
+        },
         &results,
-        &specs(),
-        &cfg.grid.methods,
-        false,
-        "file",
-        &[audit("file", 36), audit("mask", 38)],
     );
     let section = |title: &str| -> Vec<String> {
         let start = md
@@ -211,19 +213,15 @@ fn report_writes_json_tables_and_plots() {
             })
             .collect();
     }
-    let files = report::write_report(
-        dir.path(),
-        "t",
-        true,
-        "# t\n",
-        &results,
-        &specs(),
-        &cfg.grid.methods,
-        false,
-        "file",
-        &[],
-    )
-    .unwrap();
+    let spec = report::ReportSpec {
+        header: "# t\n",
+        datasets: &specs(),
+        methods: &cfg.grid.methods,
+        ablation_sft: false,
+        main_source: "file",
+        audits: &[],
+    };
+    let files = report::write_report(dir.path(), "t", true, &spec, &results).unwrap();
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&files.results_json).unwrap()).unwrap();
     assert_eq!(doc["cells"].as_array().unwrap().len(), results.len());

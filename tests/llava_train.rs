@@ -467,6 +467,22 @@ fn phantom(dir: &Path, train: usize, test: usize, size: usize) {
     hdpo::data::phantom::generate(&cfg, dir).unwrap();
 }
 
+/// A phantom set with half normal studies and no subtle lesions: at the
+/// fixture tower's 32 px a subtle lesion is a few pixels, and a 73% abnormal
+/// prior leaves little room above the majority class.
+fn balanced_phantom(dir: &Path, seed: u64, train: usize, test: usize, size: usize) {
+    let cfg = PhantomConfig {
+        seed,
+        train,
+        test,
+        size,
+        normal_share: 0.5,
+        subtle_share: 0.0,
+        ..PhantomConfig::default()
+    };
+    hdpo::data::phantom::generate(&cfg, dir).unwrap();
+}
+
 fn closed(dir: &Path, split: Split) -> Vec<Sample> {
     data::load(
         data::DatasetFormat::Phantom,
@@ -524,21 +540,7 @@ fn yes_no_accuracy(rows: &[PredictionRow]) -> f64 {
 fn sft_of_a_random_tiny_llava_learns_phantom_closed_vqa_above_chance() {
     let tmp = tempfile::tempdir().unwrap();
     // 64 px phantom images go through the same CLIP preprocessing (resize to 32).
-    {
-        let cfg = PhantomConfig {
-            seed: 3,
-            train: 150,
-            test: 50,
-            size: 64,
-            // Half normal studies and no subtle lesions: at the fixture tower's
-            // 32 px a subtle lesion is a few pixels, and a 73% abnormal prior
-            // leaves little room above the majority class.
-            normal_share: 0.5,
-            subtle_share: 0.0,
-            ..PhantomConfig::default()
-        };
-        hdpo::data::phantom::generate(&cfg, tmp.path()).unwrap();
-    }
+    balanced_phantom(tmp.path(), 3, 150, 50, 64);
     let train = closed(tmp.path(), Split::Train);
     let test = closed(tmp.path(), Split::Test);
     assert!(
@@ -948,16 +950,7 @@ fn hdpo_on_phantom_pairs_raises_held_out_margin_and_accuracy() {
     // LLaVA with a fresh LoRA (B = 0, so π_θ = π_ref and every held-out
     // margin starts at 0) is trained with HDPO and measured on held-out pairs.
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = PhantomConfig {
-        seed: 5,
-        train: 60,
-        test: 30,
-        size: 32,
-        normal_share: 0.5,
-        subtle_share: 0.0,
-        ..PhantomConfig::default()
-    };
-    hdpo::data::phantom::generate(&cfg, tmp.path()).unwrap();
+    balanced_phantom(tmp.path(), 5, 60, 30, 32);
     let train = mis_pairs(&closed(tmp.path(), Split::Train));
     let test = mis_pairs(&closed(tmp.path(), Split::Test));
     let mcfg = LlavaConfig::from_dir(&fixture()).unwrap();

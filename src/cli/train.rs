@@ -210,10 +210,40 @@ fn apply_run(
     run.halt_after_steps = a.max_steps;
 }
 
-fn add_fresh_lora(m: &mut LlavaModel, a: &TrainArgs, seed: u64) -> Result<()> {
-    if a.adapter.is_some() {
-        return Ok(());
+/// The model to train: `--model` with `--adapter` (trained further), or
+/// with a fresh LoRA of `--lora-r`, `--lora-alpha`, `--lora-targets`,
+/// `--lora-dropout` initialised with `seed`.
+fn load_trainable(a: &TrainArgs, seed: u64) -> Result<(LlavaModel, TextTokenizer)> {
+    let (mut m, tok) = load_model(
+        &a.model,
+        a.adapter.as_deref(),
+        &a.device,
+        a.dtype.as_deref(),
+    )?;
+    if a.adapter.is_none() {
+        add_fresh_lora(&mut m, a, seed)?;
     }
+    Ok((m, tok))
+}
+
+/// The training policy over `model`: LoRA dropout seeded by `seed` (when
+/// `--lora-dropout` > 0) and the `--max-len` context.
+fn training_policy<'a>(
+    a: &TrainArgs,
+    model: &'a LlavaModel,
+    tok: &'a TextTokenizer,
+    template: ChatTemplate,
+    seed: u64,
+) -> Result<LlavaPolicy<'a>> {
+    let policy = LlavaPolicy::new(model, tok, template)?
+        .with_dropout_seed((a.lora_dropout > 0.0).then_some(seed));
+    Ok(match a.max_len {
+        Some(n) => policy.with_max_len(n),
+        None => policy,
+    })
+}
+
+fn add_fresh_lora(m: &mut LlavaModel, a: &TrainArgs, seed: u64) -> Result<()> {
     let mut cfg = LoraConfig::new(
         a.lora_r,
         a.lora_alpha,
@@ -323,18 +353,8 @@ fn train_pref(a: TrainArgs) -> Result<()> {
     cfg.validate()?;
     let template = ChatTemplate::from_name(&a.template)?;
     let mut pairs = read_preference_pairs(&pairs_path)?;
-    let (mut model, tok) = load_model(
-        &a.model,
-        a.adapter.as_deref(),
-        &a.device,
-        a.dtype.as_deref(),
-    )?;
-    add_fresh_lora(&mut model, &a, cfg.run.seed)?;
-    let mut policy = LlavaPolicy::new(&model, &tok, template)?
-        .with_dropout_seed((a.lora_dropout > 0.0).then_some(cfg.run.seed));
-    if let Some(n) = a.max_len {
-        policy = policy.with_max_len(n);
-    }
+    let (model, tok) = load_trainable(&a, cfg.run.seed)?;
+    let policy = training_policy(&a, &model, &tok, template, cfg.run.seed)?;
     let check = policy.check_pairs(&pairs_path.display().to_string(), &pairs)?;
     if !check.too_long.is_empty() {
         if a.skip_long {
@@ -387,18 +407,8 @@ fn train_sft(a: TrainArgs) -> Result<()> {
     let template = ChatTemplate::from_name(&a.template)?;
     let samples = load_samples(&data_dir, a.format, a.split, a.limit)?;
     let mut examples = sft_examples(&samples)?;
-    let (mut model, tok) = load_model(
-        &a.model,
-        a.adapter.as_deref(),
-        &a.device,
-        a.dtype.as_deref(),
-    )?;
-    add_fresh_lora(&mut model, &a, cfg.run.seed)?;
-    let mut policy = LlavaPolicy::new(&model, &tok, template)?
-        .with_dropout_seed((a.lora_dropout > 0.0).then_some(cfg.run.seed));
-    if let Some(n) = a.max_len {
-        policy = policy.with_max_len(n);
-    }
+    let (model, tok) = load_trainable(&a, cfg.run.seed)?;
+    let policy = training_policy(&a, &model, &tok, template, cfg.run.seed)?;
     let mut long = Vec::new();
     examples.retain(|e| match policy.encode(&e.item) {
         Ok(_) => true,

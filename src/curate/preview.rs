@@ -3,26 +3,13 @@
 //! and x− when it differs) and the pair's text below: kind and w, the
 //! chosen text with k* marked `[[...]]`, the rejected text, Δ.
 
-use std::sync::Once;
-
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::data::pairs::PairRecord;
+use crate::eval::plot::{register_font, FONT_NAME};
 use crate::heatmap::resize::resize_bilinear;
 use crate::heatmap::{Heatmap, LesionMask};
-
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-const FONT_NAME: &str = "sans-serif";
-
-fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_err() {
-            tracing::warn!("could not register the bundled preview font");
-        }
-    });
-}
 
 /// What one sheet shows.
 pub struct PreviewInput<'a> {

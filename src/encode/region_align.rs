@@ -299,6 +299,53 @@ mod tests {
     }
 
     #[test]
+    fn region_nce_gradients_reach_regions_and_phrases_and_match_finite_differences() {
+        let dev = Device::Cpu;
+        let r0 = [0.3f64, -1.2, 0.7, 1.1, 0.4, -0.5];
+        let p0 = [0.9f64, 0.1, -0.3, -0.2, 0.8, 0.5, 0.4, -0.6, 1.0];
+        let positive = vec![vec![true, false, true], vec![false, true, false]];
+        let scale = LogitScale {
+            var: None,
+            fixed: 3.0,
+        };
+        let loss = |r: &[f64], p: &[f64]| -> f64 {
+            let r = Tensor::from_slice(r, (2, 3), &dev).unwrap();
+            let p = Tensor::from_slice(p, (3, 3), &dev).unwrap();
+            region_nce(&r, &p, &positive, &scale)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let rv = candle_core::Var::from_slice(&r0, (2, 3), &dev).unwrap();
+        let pv = candle_core::Var::from_slice(&p0, (3, 3), &dev).unwrap();
+        let g = region_nce(rv.as_tensor(), pv.as_tensor(), &positive, &scale)
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (var, base, is_region) in [(&rv, &r0[..], true), (&pv, &p0[..], false)] {
+            let got: Vec<f64> = g
+                .get(var.as_tensor())
+                .expect("every input gets a gradient")
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(got.iter().any(|x| x.abs() > 1e-3), "{got:?}");
+            for i in 0..base.len() {
+                let (mut up, mut down) = (base.to_vec(), base.to_vec());
+                up[i] += 1e-6;
+                down[i] -= 1e-6;
+                let fd = if is_region {
+                    (loss(&up, &p0) - loss(&down, &p0)) / 2e-6
+                } else {
+                    (loss(&r0, &up) - loss(&r0, &down)) / 2e-6
+                };
+                assert!((got[i] - fd).abs() < 1e-6, "{i}: {} vs {fd}", got[i]);
+            }
+        }
+    }
+
+    #[test]
     fn region_nce_is_minus_log_of_the_positive_mass() {
         let dev = Device::Cpu;
         let regions = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &dev).unwrap();

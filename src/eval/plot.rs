@@ -13,9 +13,11 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 /// `plotters` draws text only with a registered font; embedding one keeps the
 /// plots identical on every machine and needs no system font library.
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-const FONT_NAME: &str = "sans-serif";
+/// The family name the bundled font is registered under (also used by `curate::preview`).
+pub(crate) const FONT_NAME: &str = "sans-serif";
 
-fn register_font() {
+/// Register the bundled font with `plotters` (once per process).
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in; if it failed to parse, text would be missing

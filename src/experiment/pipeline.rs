@@ -235,18 +235,16 @@ pub fn run(cfg: &ExperimentConfig, run_dir: &Path, progress: &dyn Progress) -> R
         "report",
         "results.json, tables.md, plots",
         || {
-            let f = report::write_report(
-                run_dir,
-                &cfg.name,
-                phantom,
-                &header,
-                &outcome.results,
-                &specs,
-                &cfg.grid.methods,
+            let audits = pieces::read_keyword_audits(&run_dir.join("pairs"))?;
+            let spec = report::ReportSpec {
+                header: &header,
+                datasets: &specs,
+                methods: &cfg.grid.methods,
                 ablation_sft,
-                &cfg.curation.heatmap_source,
-                &pieces::read_keyword_audits(&run_dir.join("pairs"))?,
-            )?;
+                main_source: &cfg.curation.heatmap_source,
+                audits: &audits,
+            };
+            let f = report::write_report(run_dir, &cfg.name, phantom, &spec, &outcome.results)?;
             let s = format!("{} plots", f.plots.len());
             Ok((f, s))
         },
@@ -510,6 +508,28 @@ fn prepare_encoder(
 
 // ---------------------------------------------------------------- models
 
+/// The loop settings of a training stage: whole batches (no
+/// accumulation), no intermediate checkpoints (stages are cached whole).
+fn stage_run(batch_size: usize, epochs: usize, seed: u64) -> crate::train::RunConfig {
+    crate::train::RunConfig {
+        batch_size,
+        micro_batch_size: batch_size,
+        epochs,
+        seed,
+        checkpoint_every: 0,
+        ..Default::default()
+    }
+}
+
+/// The optimiser of a training stage: `learning_rate` with 5% warm-up.
+fn stage_optim(learning_rate: f64) -> crate::train::OptimConfig {
+    crate::train::OptimConfig {
+        learning_rate,
+        warmup_ratio: 0.05,
+        ..Default::default()
+    }
+}
+
 fn lora_config(cfg: &ExperimentConfig) -> LoraConfig {
     let mut l = LoraConfig::new(
         cfg.model.lora_r,
@@ -581,19 +601,14 @@ fn prepare_base(
         std::fs::remove_dir_all(&work)?;
     }
     let scfg = crate::train::SftConfig {
-        run: crate::train::RunConfig {
-            batch_size: cfg.sft.batch_size,
-            micro_batch_size: cfg.sft.batch_size,
-            epochs: cfg.model.pretrain_epochs.max(1),
-            seed: cfg.seed,
-            checkpoint_every: 0,
-            ..Default::default()
-        },
+        run: stage_run(
+            cfg.sft.batch_size,
+            cfg.model.pretrain_epochs.max(1),
+            cfg.seed,
+        ),
         optim: crate::train::OptimConfig {
-            learning_rate: cfg.model.pretrain_learning_rate,
-            warmup_ratio: 0.05,
             weight_decay: 0.01,
-            ..Default::default()
+            ..stage_optim(cfg.model.pretrain_learning_rate)
         },
     };
     let summary = pieces::train_full(&model, &ttok, template, vars, &examples, &scfg, &work)?;
@@ -634,19 +649,8 @@ fn prepare_sft(
     let train = all_train(datasets);
     let examples = pieces::sft_examples(&train)?;
     let scfg = crate::train::SftConfig {
-        run: crate::train::RunConfig {
-            batch_size: cfg.sft.batch_size,
-            micro_batch_size: cfg.sft.batch_size,
-            epochs: cfg.sft.epochs,
-            seed: cfg.seed,
-            checkpoint_every: 0,
-            ..Default::default()
-        },
-        optim: crate::train::OptimConfig {
-            learning_rate: cfg.sft.learning_rate,
-            warmup_ratio: 0.05,
-            ..Default::default()
-        },
+        run: stage_run(cfg.sft.batch_size, cfg.sft.epochs, cfg.seed),
+        optim: stage_optim(cfg.sft.learning_rate),
     };
     let loss = pieces::train_sft(&model, tok, template, &examples, &scfg, &work)?;
     let adapter = work.join("adapter");
@@ -875,19 +879,8 @@ fn compute_cell(p: &Prepared, cell: &Cell, cache: &CellCache) -> Result<CellResu
         let pcfg = crate::train::PreferenceConfig {
             loss: loss.clone(),
             alpha: cfg.preference.alpha,
-            run: crate::train::RunConfig {
-                batch_size: cfg.preference.batch_size,
-                micro_batch_size: cfg.preference.batch_size,
-                epochs: cfg.preference.epochs,
-                seed: cfg.seed,
-                checkpoint_every: 0,
-                ..Default::default()
-            },
-            optim: crate::train::OptimConfig {
-                learning_rate: cfg.preference.learning_rate,
-                warmup_ratio: 0.05,
-                ..Default::default()
-            },
+            run: stage_run(cfg.preference.batch_size, cfg.preference.epochs, cfg.seed),
+            optim: stage_optim(cfg.preference.learning_rate),
         };
         pieces::train_preference(&model, &p.tokenizer, p.template, &pairs, &pcfg, &run)?;
         let _ = std::fs::remove_dir_all(run.join("checkpoints"));
@@ -921,7 +914,7 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
             cfg.eval.max_new_tokens,
         )?;
         crate::util::fsio::atomic_write_with(
-            &work.join(format!("predictions_{}.jsonl", slug(&d.spec.label))),
+            &work.join(format!("predictions_{}.jsonl", pieces::slug(&d.spec.label))),
             |w| {
                 for r in &preds {
                     serde_json::to_writer(&mut *w, r)?;
@@ -947,11 +940,11 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
                 &view,
                 &d.test,
                 &baselines::common::prompt_of,
-                &work.join("probe_images").join(slug(&d.spec.label)),
+                &work.join("probe_images").join(pieces::slug(&d.spec.label)),
                 cfg.eval.probe_max_samples,
             )?;
             write_json_atomic(
-                &work.join(format!("probe_{}.json", slug(&d.spec.label))),
+                &work.join(format!("probe_{}.json", pieces::slug(&d.spec.label))),
                 &r,
             )?;
             Some(r.rate)
@@ -984,18 +977,6 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
         }
     }
     Ok(rows)
-}
-
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 #[allow(dead_code)]

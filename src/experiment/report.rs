@@ -299,16 +299,32 @@ pub struct ResultsDoc {
     pub keyword_audit: Vec<KeywordAudit>,
 }
 
+/// What the tables are about, besides the cells' results.
+#[derive(Clone, Copy, Debug)]
+pub struct ReportSpec<'a> {
+    /// Markdown put above the tables.
+    pub header: &'a str,
+    pub datasets: &'a [DatasetSpec],
+    /// Table 1 methods, in the config's order.
+    pub methods: &'a [String],
+    /// Whether the ablations (Tables 3-5) start from the SFT model.
+    pub ablation_sft: bool,
+    /// The heatmap source of the main HDPO cell.
+    pub main_source: &'a str,
+    /// The k* audits (phantom runs; may be empty).
+    pub audits: &'a [KeywordAudit],
+}
+
 /// All tables as one Markdown document.
-pub fn tables_markdown(
-    header: &str,
-    cells: &[CellResult],
-    datasets: &[DatasetSpec],
-    methods: &[String],
-    ablation_sft: bool,
-    main_source: &str,
-    audits: &[KeywordAudit],
-) -> String {
+pub fn tables_markdown(spec: &ReportSpec, cells: &[CellResult]) -> String {
+    let ReportSpec {
+        header,
+        datasets,
+        methods,
+        ablation_sft,
+        main_source,
+        audits,
+    } = *spec;
     let rows = all_rows(cells);
     let mut md = String::from(header);
     md.push_str("\nValues are percentages. `-` marks a cell that was not run or a metric the subset lacks.\n\n");
@@ -363,42 +379,28 @@ pub fn tables_markdown(
 /// `plots/reward_margins[_sft].png`, `plots/sft_curve.png`, and one bar chart per metric
 /// and starting point
 /// (`plots/metric_<name>.png`, bars per method, grouped by dataset).
-#[allow(clippy::too_many_arguments)]
 pub fn write_report(
     out: &Path,
     name: &str,
     phantom: bool,
-    header: &str,
+    spec: &ReportSpec,
     cells: &[CellResult],
-    datasets: &[DatasetSpec],
-    methods: &[String],
-    ablation_sft: bool,
-    main_source: &str,
-    audits: &[KeywordAudit],
 ) -> Result<ReportFiles> {
     let rows = all_rows(cells);
     let doc = ResultsDoc {
         name: name.into(),
         phantom,
-        datasets: datasets.to_vec(),
+        datasets: spec.datasets.to_vec(),
         cells: cells.to_vec(),
         rows: rows.clone(),
-        keyword_audit: audits.to_vec(),
+        keyword_audit: spec.audits.to_vec(),
     };
     let results_json = out.join("results.json");
     write_json_atomic(&results_json, &doc)?;
-    let md = tables_markdown(
-        header,
-        cells,
-        datasets,
-        methods,
-        ablation_sft,
-        main_source,
-        audits,
-    );
+    let md = tables_markdown(spec, cells);
     let tables_md = out.join("tables.md");
     atomic_write(&tables_md, md.as_bytes())?;
-    let plots = write_plots(&out.join("plots"), cells, datasets, methods)?;
+    let plots = write_plots(&out.join("plots"), cells, spec.datasets, spec.methods)?;
     Ok(ReportFiles {
         results_json,
         tables_md,

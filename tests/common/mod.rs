@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use hdpo::encode::align::AlignConfig;
 
 /// `fixtures/models/<name>`.
 pub fn model_fixture(name: &str) -> PathBuf {
@@ -49,4 +50,26 @@ pub fn vec_f64(t: &Tensor) -> Vec<f64> {
         .unwrap()
         .to_vec1()
         .unwrap()
+}
+
+/// A dual encoder small enough to align in seconds (32 px, 4 x 4 patches,
+/// one layer per tower, 16-d space, 20 epochs).
+pub fn small_align_config() -> AlignConfig {
+    AlignConfig {
+        image_size: 32,
+        patch_size: 8,
+        vision_hidden: 32,
+        vision_layers: 1,
+        vision_heads: 2,
+        text_hidden: 32,
+        text_layers: 1,
+        text_heads: 2,
+        max_text_len: 16,
+        projection_dim: 16,
+        epochs: 20,
+        batch_size: 16,
+        learning_rate: 1e-3,
+        seed: 3,
+        ..AlignConfig::default()
+    }
 }

@@ -8,7 +8,7 @@
 use anyhow::Result;
 
 use super::{tidy, PairKind, PerturbInput, Perturbation, Perturbed, Skip};
-use crate::curate::chunk::{clauses, is_yes_no, sentences};
+use crate::curate::chunk::{clauses, sentences};
 
 /// Eq. 10.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,11 +41,8 @@ impl Perturbation for Delete {
 
     fn apply(&self, input: &PerturbInput) -> Result<std::result::Result<Perturbed, Skip>> {
         let k = input.keyword();
-        if is_yes_no(&k.text) {
-            return Ok(Err(Skip::new(
-                "closed_answer",
-                "k* is a yes/no answer; a false negative applies to a finding",
-            )));
+        if let Some(skip) = Skip::if_closed_answer(&k.text) {
+            return Ok(Err(skip));
         }
         let Some((s, e)) = deletion_span(input.answer, k.start, k.end) else {
             return Ok(Err(Skip::new(

@@ -5,7 +5,6 @@
 use anyhow::Result;
 
 use super::{splice, PairKind, PerturbInput, Perturbation, Perturbed, Skip};
-use crate::curate::chunk::is_yes_no;
 use crate::curate::vocab::match_case;
 
 /// The generic negation phrase of Eq. 9.
@@ -22,11 +21,8 @@ impl Perturbation for Neutralise {
 
     fn apply(&self, input: &PerturbInput) -> Result<std::result::Result<Perturbed, Skip>> {
         let k = input.keyword();
-        if is_yes_no(&k.text) {
-            return Ok(Err(Skip::new(
-                "closed_answer",
-                "k* is a yes/no answer; a false negative applies to a finding",
-            )));
+        if let Some(skip) = Skip::if_closed_answer(&k.text) {
+            return Ok(Err(skip));
         }
         let phrase = match_case(&k.text, NEUTRAL_PHRASE);
         Ok(Ok(Perturbed {

@@ -178,6 +178,19 @@ impl Skip {
     }
 }
 
+impl Skip {
+    /// The false-negative kinds (Eq. 9-10) apply to a finding: a yes/no
+    /// k* is skipped with code `closed_answer`.
+    pub fn if_closed_answer(keyword: &str) -> Option<Skip> {
+        crate::curate::chunk::is_yes_no(keyword).then(|| {
+            Skip::new(
+                "closed_answer",
+                "k* is a yes/no answer; a false negative applies to a finding",
+            )
+        })
+    }
+}
+
 /// A way of turning (x+, y+) and k* into (x−, y−).
 pub trait Perturbation: Send + Sync {
     fn kind(&self) -> PairKind;
