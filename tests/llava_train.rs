@@ -194,22 +194,26 @@ fn cli_dry_run_prints_the_fixture_numbers() {
     let tmp = tempfile::tempdir().unwrap();
     let pairs = write_fixture_pairs(tmp.path());
     let fx = fixture();
-    let out = hdpo_ok(&[
-        "train",
-        "hdpo",
-        "--model",
-        fx.to_str().unwrap(),
-        "--adapter",
-        fx.join("lora_adapter").to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--template",
-        "llava_plain",
-        "--alpha",
-        "0.5",
-        "--dry-run",
-    ]);
-    let v: Value = serde_json::from_str(&out).unwrap();
+    // `hdpo train LOSS --dry-run` on the fixture's adapter and pairs (α = 0.5).
+    let dry_run = |loss: &str| -> Value {
+        let out = hdpo_ok(&[
+            "train",
+            loss,
+            "--model",
+            fx.to_str().unwrap(),
+            "--adapter",
+            fx.join("lora_adapter").to_str().unwrap(),
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--template",
+            "llava_plain",
+            "--alpha",
+            "0.5",
+            "--dry-run",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let v = dry_run("hdpo");
     let j = reference_json();
     let want = j["dpo"]["loss_weighted"].as_f64().unwrap();
     assert!(
@@ -230,22 +234,7 @@ fn cli_dry_run_prints_the_fixture_numbers() {
             <= 1e-3
     );
     // DPO ignores the weights.
-    let out = hdpo_ok(&[
-        "train",
-        "dpo",
-        "--model",
-        fx.to_str().unwrap(),
-        "--adapter",
-        fx.join("lora_adapter").to_str().unwrap(),
-        "--pairs",
-        pairs.to_str().unwrap(),
-        "--template",
-        "llava_plain",
-        "--alpha",
-        "0.5",
-        "--dry-run",
-    ]);
-    let v: Value = serde_json::from_str(&out).unwrap();
+    let v = dry_run("dpo");
     let want = j["dpo"]["loss_dpo"].as_f64().unwrap();
     assert!(
         rel(v["loss"].as_f64().unwrap(), want) <= 1e-5,
