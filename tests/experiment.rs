@@ -607,3 +607,52 @@ fn the_phantom_experiment_reuses_the_demo_cells() {
         vec!["base", "sft", "dpo", "hdpo", "sft+dpo", "sft+hdpo"]
     );
 }
+
+/// The README's commands take relative output folders (`hdpo demo` writes `hdpo-demo`): the
+/// micro experiment through the CLI, from another working directory, with a relative `--out`
+/// and a baseline (mDPO) whose pairs refer to dataset images outside the pair folder. Pair
+/// files store image paths relative to themselves, so none may hold the output prefix.
+#[test]
+fn experiment_cli_with_a_relative_out_from_another_working_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let cfg = micro_config();
+    std::fs::write(cwd.path().join("micro.toml"), cfg.to_toml().unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .current_dir(cwd.path())
+        .args(["experiment", "--config", "micro.toml", "--out", "rel/run"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hdpo experiment --out rel/run failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = cwd.path().join("rel/run");
+    assert!(run.join("tables.md").is_file());
+    let pairs = run.join("cells");
+    let mut checked = 0;
+    for cell in std::fs::read_dir(&pairs).unwrap() {
+        let file = cell.unwrap().path().join("pairs/pairs.jsonl");
+        if !file.is_file() {
+            continue;
+        }
+        for rec in hdpo::data::pairs::read_pairs(&file).unwrap() {
+            for p in [&rec.chosen_image, &rec.rejected_image] {
+                assert!(!p.starts_with("rel/") && !Path::new(p).is_absolute(), "{p}");
+            }
+            let (c, r) = rec.resolve_images(&file).unwrap();
+            assert!(
+                c.is_file() && r.is_file(),
+                "{} / {}",
+                c.display(),
+                r.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 0,
+        "no baseline pair file under {}",
+        pairs.display()
+    );
+}

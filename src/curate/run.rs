@@ -356,6 +356,17 @@ fn chosen_rel(path: &Path, root: Option<&Path>) -> String {
 }
 
 /// Link (or copy, atomically) `src` to `dst` unless `dst` exists.
+/// Place the source image `src` inside the pair folder `pair_dir` (a hard link, or a copy
+/// across file systems) and return its path relative to `pair_dir`, the form pair files
+/// store (`data::pairs::PairRecord::resolve_images` resolves it under the pair file's
+/// folder). Images of a dataset root `data_root` keep their relative layout under
+/// `images/src/`; others go to a folder named by a hash of their directory.
+pub fn store_source_image(pair_dir: &Path, src: &Path, data_root: Option<&Path>) -> Result<String> {
+    let rel = chosen_rel(src, data_root);
+    store_image(src, &pair_dir.join(&rel))?;
+    Ok(rel)
+}
+
 fn store_image(src: &Path, dst: &Path) -> Result<()> {
     if dst.exists() {
         return Ok(());

@@ -746,18 +746,23 @@ fn start_dir<'p>(p: &'p Prepared, cell: &Cell) -> Result<&'p Path> {
     }
 }
 
-fn to_pairs(root: &Path, records: &[PairRecord]) -> Vec<PreferencePair> {
+/// Training pairs from the records of `pair_file`; image paths resolve under the pair
+/// file's folder, the one rule every pair file follows (`PairRecord::resolve_images`).
+fn to_pairs(pair_file: &Path, records: &[PairRecord]) -> Result<Vec<PreferencePair>> {
     records
         .iter()
-        .map(|r| PreferencePair {
-            id: r.id.clone(),
-            kind: r.kind.clone(),
-            prompt: r.prompt.clone(),
-            chosen: r.chosen.clone(),
-            rejected: r.rejected.clone(),
-            chosen_image: Some(root.join(&r.chosen_image)),
-            rejected_image: Some(root.join(&r.rejected_image)),
-            weight: r.weight,
+        .map(|r| {
+            let (chosen_image, rejected_image) = r.resolve_images(pair_file)?;
+            Ok(PreferencePair {
+                id: r.id.clone(),
+                kind: r.kind.clone(),
+                prompt: r.prompt.clone(),
+                chosen: r.chosen.clone(),
+                rejected: r.rejected.clone(),
+                chosen_image: Some(chosen_image),
+                rejected_image: Some(rejected_image),
+                weight: r.weight,
+            })
         })
         .collect()
 }
@@ -844,8 +849,9 @@ fn pairs_for(
         temperature: 1.0,
     };
     let records = builder.build(&ctx, &train)?;
-    crate::data::pairs::write_pairs(&dir.join("pairs.jsonl"), &records)?;
-    let pairs = to_pairs(&dir, &records);
+    let pair_file = dir.join("pairs.jsonl");
+    crate::data::pairs::write_pairs(&pair_file, &records)?;
+    let pairs = to_pairs(&pair_file, &records)?;
     Ok((
         subset(pairs, p.cfg.preference.max_pairs, p.cfg.seed, m),
         builder.loss().into(),

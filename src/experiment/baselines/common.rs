@@ -269,6 +269,17 @@ pub fn rel_to(root: &Path, path: &Path) -> String {
         .into_owned()
 }
 
+/// The path a pair file in `root` stores for `image`: relative to `root` when the image
+/// lies inside it (generated images), else the image is placed under `root` first
+/// (`curate::run::store_source_image`), so that a pair file never refers outside its
+/// own folder, whatever the working directory (relative or absolute `--out`).
+pub fn pair_image_path(root: &Path, image: &Path) -> Result<String> {
+    match image.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => Ok(rel.to_string_lossy().into_owned()),
+        _ => crate::curate::run::store_source_image(root, image, None),
+    }
+}
+
 /// Where a builder writes a generated image for sample `id`.
 pub fn generated_image(ctx: &BuildContext, builder: &str, id: &str, tag: &str) -> PathBuf {
     let safe: String = id
@@ -297,15 +308,15 @@ pub fn record(
     chosen_image: &Path,
     rejected_image: &Path,
     weight: f64,
-) -> PairRecord {
-    PairRecord {
+) -> Result<PairRecord> {
+    Ok(PairRecord {
         id: format!("{}:{}", s.id, kind),
         kind: kind.into(),
         prompt: prompt_of(s),
         chosen: chosen.into(),
         rejected: rejected.into(),
-        chosen_image: rel_to(ctx.root, chosen_image),
-        rejected_image: rel_to(ctx.root, rejected_image),
+        chosen_image: pair_image_path(ctx.root, chosen_image)?,
+        rejected_image: pair_image_path(ctx.root, rejected_image)?,
         weight,
         source_id: Some(s.id.clone()),
         keyword: None,
@@ -316,7 +327,7 @@ pub fn record(
         heatmap_source: None,
         config_hash: None,
         extra: Map::new(),
-    }
+    })
 }
 
 /// The sample's lesion mask when it has lesion pixels.

@@ -33,7 +33,7 @@ impl PairBuilder for FiSao {
             let img = image_of(s)?;
             let answers = sample_answers(ctx, self.name(), s)?;
             if let Some((c, r, sc, sr)) = best_vs_worst(&answers, |a| verifier.score(img, a))? {
-                let mut rec = record(ctx, "fisao", s, &c, &r, img, img, 1.0);
+                let mut rec = record(ctx, "fisao", s, &c, &r, img, img, 1.0)?;
                 rec.extra
                     .insert("verifier_scores".into(), serde_json::json!([sc, sr]));
                 out.push(rec);

@@ -42,7 +42,7 @@ impl PairBuilder for MDpo {
             let img = image_of(s)?;
             let mut rng = rng_for(ctx.seed, &format!("mdpo/{}", s.id));
             if let Some(sw) = swap_term(&s.answer, ctx.vocabulary, &mut rng) {
-                let mut r = record(ctx, "mdpo_text", s, &s.answer, &sw.text, img, img, 1.0);
+                let mut r = record(ctx, "mdpo_text", s, &s.answer, &sw.text, img, img, 1.0)?;
                 r.keyword = Some(sw.old);
                 r.replacement = Some(sw.new);
                 out.push(r);
@@ -63,7 +63,7 @@ impl PairBuilder for MDpo {
                 img,
                 &corrupted,
                 1.0,
-            );
+            )?;
             r.mask_share = Some(share);
             out.push(r);
         }

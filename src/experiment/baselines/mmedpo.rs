@@ -11,7 +11,8 @@
 use anyhow::Result;
 
 use super::common::{
-    corrupt_image, generated_image, image_of, lesion_mask, record, rel_to, swap_term, Corruption,
+    corrupt_image, generated_image, image_of, lesion_mask, pair_image_path, record, swap_term,
+    Corruption,
 };
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
@@ -65,7 +66,7 @@ impl PairBuilder for MMedPo {
                     img,
                     img,
                     relevance(&sw.category),
-                );
+                )?;
                 r.keyword = Some(sw.old);
                 r.replacement = Some(sw.new);
                 out.push(r);
@@ -90,9 +91,10 @@ impl PairBuilder for MMedPo {
                     img,
                     &noised,
                     1.0,
-                );
+                )?;
                 r.mask_share = Some(share);
-                r.extra.insert("mask".into(), rel_to(ctx.root, mask).into());
+                r.extra
+                    .insert("mask".into(), pair_image_path(ctx.root, mask)?.into());
                 out.push(r);
             }
         }

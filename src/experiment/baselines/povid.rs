@@ -44,7 +44,7 @@ impl PairBuilder for Povid {
             let img = image_of(s)?;
             let mut rng = rng_for(ctx.seed, &format!("povid/{}", s.id));
             if let Some(sw) = swap_term(&s.answer, ctx.vocabulary, &mut rng) {
-                let mut r = record(ctx, "povid_text", s, &s.answer, &sw.text, img, img, 1.0);
+                let mut r = record(ctx, "povid_text", s, &s.answer, &sw.text, img, img, 1.0)?;
                 r.keyword = Some(sw.old);
                 r.replacement = Some(sw.new);
                 out.push(r);
@@ -59,7 +59,7 @@ impl PairBuilder for Povid {
                 )?;
                 let answer = model.respond(&prompt_of(s), &noised, 0.0, ctx.seed)?;
                 if !answer.trim().is_empty() && !same_answer(&answer, &s.answer) {
-                    let mut r = record(ctx, "povid_image", s, &s.answer, &answer, img, img, 1.0);
+                    let mut r = record(ctx, "povid_image", s, &s.answer, &answer, img, img, 1.0)?;
                     r.extra.insert(
                         "noised_image".into(),
                         super::common::rel_to(ctx.root, &noised).into(),

@@ -76,7 +76,7 @@ impl PairBuilder for SelfReward {
             let answers = sample_answers(ctx, self.name(), s)?;
             if let Some((c, r, sc, sr)) = best_vs_worst(&answers, |a| Ok(token_f1(a, &s.answer)))? {
                 let img = image_of(s)?;
-                let mut rec = record(ctx, "self_reward", s, &c, &r, img, img, 1.0);
+                let mut rec = record(ctx, "self_reward", s, &c, &r, img, img, 1.0)?;
                 rec.extra
                     .insert("judge_scores".into(), serde_json::json!([sc, sr]));
                 out.push(rec);

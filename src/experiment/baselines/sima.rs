@@ -37,7 +37,7 @@ impl PairBuilder for Sima {
                 Ok((with - without) / words(a).len().max(1) as f64)
             };
             if let Some((c, r, sc, sr)) = best_vs_worst(&answers, critic)? {
-                let mut rec = record(ctx, "sima", s, &c, &r, img, img, 1.0);
+                let mut rec = record(ctx, "sima", s, &c, &r, img, img, 1.0)?;
                 rec.extra
                     .insert("critic_scores".into(), serde_json::json!([sc, sr]));
                 out.push(rec);

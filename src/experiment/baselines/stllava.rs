@@ -32,7 +32,7 @@ impl PairBuilder for StLlavaMed {
             let own = model.respond(&prompt_of(s), img, 0.0, ctx.seed)?;
             let f1 = token_f1(&own, &s.answer);
             if f1 < 1.0 && !same_answer(&own, &s.answer) && !own.trim().is_empty() {
-                let mut rec = record(ctx, "stllava", s, &s.answer, &own, img, img, 1.0);
+                let mut rec = record(ctx, "stllava", s, &s.answer, &own, img, img, 1.0)?;
                 rec.extra.insert("judge_f1".into(), serde_json::json!(f1));
                 out.push(rec);
             }
