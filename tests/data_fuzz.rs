@@ -174,4 +174,57 @@ proptest! {
             let _ = pr.resolve_images(&p);
         }
     }
+
+    /// Real PNG and JPEG files cut at any point: an error (naming nothing half-decoded), never
+    /// a panic, and never a picture when a JPEG lost its end (the decoder alone would fill the
+    /// missing scan with grey).
+    #[test]
+    fn truncated_real_images_are_errors_not_panics(which in 0usize..2, cut in 0.0f64..1.0) {
+        let file = if which == 0 {
+            shared_dir().join("fixtures/models/tiny_llava/images/img0.png")
+        } else {
+            first_jpeg()
+        };
+        let bytes = std::fs::read(&file).unwrap();
+        let n = ((bytes.len() as f64) * cut) as usize;
+        let r = decode_rgb(&bytes[..n]);
+        // Cut before the end-of-image marker completes: no picture may come out.
+        let eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap();
+        if which == 1 && n < eoi + 2 {
+            prop_assert!(r.is_err(), "{} cut at {n} of {} decoded", file.display(), bytes.len());
+        }
+    }
+
+    /// Garbled safetensors headers and prediction rows: errors, never panics.
+    #[test]
+    fn garbled_safetensors_and_prediction_rows_never_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        header_len in any::<u64>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = header_len.to_le_bytes().to_vec();
+        st.extend_from_slice(&bytes);
+        std::fs::write(dir.path().join("model.safetensors"), &st).unwrap();
+        let _ = hdpo::model::checkpoint::Checkpoint::open(dir.path());
+        let mut json_header = (bytes.len() as u64).to_le_bytes().to_vec();
+        json_header.extend_from_slice(&bytes);
+        std::fs::write(dir.path().join("model.safetensors"), &json_header).unwrap();
+        let _ = hdpo::model::checkpoint::Checkpoint::open(dir.path());
+        let p = dir.path().join("p.jsonl");
+        std::fs::write(&p, &bytes).unwrap();
+        let _ = hdpo::eval::metrics::read_vqa_rows(&p);
+        let _ = hdpo::eval::metrics::read_report_rows(&p);
+    }
+}
+
+/// A real VQA-RAD JPEG of the shared data.
+fn first_jpeg() -> std::path::PathBuf {
+    let dir = shared_dir().join("data/vqa_rad/images");
+    let mut jpgs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    jpgs.sort();
+    jpgs.into_iter().next().unwrap()
 }

@@ -30,16 +30,16 @@ pub struct AlignArgs {
     /// Output encoder folder.
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = hdpo::util::validate::at_least_one)]
     pub epochs: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image tower input size in pixels.
     #[arg(long, default_value_t = 64)]
     pub image_size: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = hdpo::util::validate::at_least_one)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = hdpo::util::validate::positive_finite)]
     pub lr: f64,
     /// Learn only the projections on top of this frozen `ViTModel` folder
     /// (needs --text-checkpoint too).
@@ -58,7 +58,7 @@ pub struct AlignArgs {
     #[arg(long)]
     pub no_regions: bool,
     /// Weight of the local loss next to the global one.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = hdpo::util::validate::non_negative_finite)]
     pub region_weight: f64,
     /// A vocabulary file (`term<TAB>category[<TAB>concept]`) for the region
     /// phrases, replacing the default (as `hdpo curate --vocab`).

@@ -12,6 +12,7 @@ use hdpo::curate::{export_rule, CurateConfig, Fill, PairKind, Vocabulary};
 use hdpo::data::{DatasetFormat, LoadOptions, Split};
 use hdpo::encode::DualEncoder;
 use hdpo::heatmap::region::Threshold;
+use hdpo::util::guard::{claim_output_file, Input, RunFingerprint};
 
 /// Arguments of `hdpo curate`.
 #[derive(Args, Debug)]
@@ -35,8 +36,8 @@ pub struct CurateArgs {
     /// Pair kinds, comma-separated.
     #[arg(long, default_value = "mis,fp,fn_neutral,fn_delete")]
     pub kinds: String,
-    /// λ of Eq. 11 (0 = plain DPO weights).
-    #[arg(long, default_value_t = 1.0)]
+    /// λ of Eq. 11 (0 = plain DPO weights), finite and >= 0.
+    #[arg(long, default_value_t = 1.0, value_parser = hdpo::util::validate::non_negative_finite)]
     pub lambda: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -67,6 +68,9 @@ pub struct CurateArgs {
     /// Dilation of the salient region in pixels.
     #[arg(long, default_value_t = 2)]
     pub dilate: usize,
+    /// Discard what --out holds (pairs, partial file, summary) and curate afresh.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 pub fn run(a: CurateArgs) -> Result<()> {
@@ -121,6 +125,33 @@ pub fn run(a: CurateArgs) -> Result<()> {
     };
     cfg.region.dilate_px = a.dilate;
     let samples = loaded.samples;
+    // Pairs already in --out are kept (resume) only when they come from the same encoder,
+    // data, heatmaps and settings.
+    let data = hdpo::util::guard::settings_id(
+        &samples
+            .iter()
+            .map(|s| (&s.id, &s.question, &s.answer, &s.images))
+            .collect::<Vec<_>>(),
+    )?;
+    let fp = RunFingerprint::new("curate")
+        .with_content("encoder", &a.encoder)?
+        .with("data", data)
+        .with("heatmaps", a.heatmaps.clone())
+        .with("config", cfg.hash(source.name()))
+        .with("shard", a.shard.clone().unwrap_or_else(|| "all".into()));
+    let partial = PathBuf::from(format!("{}.partial", a.out.display()));
+    let summary_file = PathBuf::from(format!("{}.summary.json", a.out.display()));
+    let _lock = claim_output_file(
+        "--out",
+        &a.out,
+        &[
+            Input::Data("--data", &a.data),
+            Input::Sealed("--encoder", &a.encoder),
+        ],
+        &fp,
+        a.overwrite,
+        &[a.out.clone(), partial, summary_file],
+    )?;
     let n = hdpo::curate::run::shard_range(samples.len(), cfg.shard).len();
     let bar = crate::cli::progress::bar(n as u64, "curate");
     let summary = run_with_progress(

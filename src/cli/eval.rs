@@ -83,6 +83,15 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
     }
 }
 
+/// `--per-sample` must not name the `--predictions` file it is computed from.
+fn per_sample_is_not_input(per_sample: &Path, predictions: &Path) -> Result<()> {
+    hdpo::util::guard::check_output_against_inputs(
+        "--per-sample",
+        per_sample,
+        &[hdpo::util::guard::Input::File("--predictions", predictions)],
+    )
+}
+
 fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
     atomic_write_with(path, |w| {
         use std::io::Write;
@@ -125,6 +134,7 @@ fn report(a: ReportArgs) -> Result<()> {
     };
     let scores = metrics::score_reports(&rows, cleaner, gt.as_ref(), &meteor);
     if let Some(p) = &a.per_sample {
+        per_sample_is_not_input(p, &a.predictions)?;
         write_jsonl(p, &scores.per_sample)?;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -176,6 +186,7 @@ fn vqa(a: VqaArgs) -> Result<()> {
     }
     let r: VqaReport = metrics::score_vqa(&rows);
     if let Some(p) = &a.per_sample {
+        per_sample_is_not_input(p, &a.predictions)?;
         write_jsonl(p, &r.per_sample)?;
     }
     if a.json {

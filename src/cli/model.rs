@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -61,10 +61,10 @@ pub struct GenerateArgs {
     pub template: String,
     #[arg(long)]
     pub prompt: String,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = hdpo::util::validate::max_new_tokens)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 = greedy; finite and >= 0.
+    #[arg(long, default_value_t = 0.0, value_parser = hdpo::util::validate::non_negative_finite)]
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -85,11 +85,11 @@ pub enum ModelCmd {
 pub struct InfoArgs {
     #[arg(long)]
     pub model: PathBuf,
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = hdpo::util::validate::seq_len)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = hdpo::util::validate::batch)]
     pub batch: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = hdpo::util::validate::at_least_one)]
     pub lora_r: usize,
     /// Bytes per weight/activation element (2 = bf16, 4 = f32).
     #[arg(long, default_value_t = 2)]
@@ -138,6 +138,13 @@ pub fn logprobs(a: LogprobsArgs) -> Result<()> {
     let template = ChatTemplate::from_name(&a.template)?;
     let px = pixels(&model, &a.m.model, &a.image)?;
     let seq = tok.encode_pair(template, &a.prompt, &a.response, model.image_token_count())?;
+    let context = model.config.text.max_position_embeddings;
+    ensure!(
+        seq.input_ids.len() <= context,
+        "prompt and response are {} positions long (text and image tokens), more than the \
+         model's context (max_position_embeddings = {context})",
+        seq.input_ids.len()
+    );
     let batch = Batch::new(
         std::slice::from_ref(&seq),
         &[Some(px)],
@@ -262,6 +269,16 @@ fn info(a: InfoArgs) -> Result<()> {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
+    use hdpo::util::guard::{check_output_against_inputs, Input, OutputLock};
+    check_output_against_inputs(
+        "--out",
+        &a.out,
+        &[
+            Input::Sealed("--model", &a.model),
+            Input::Sealed("--adapter", &a.adapter),
+        ],
+    )?;
+    let _lock = OutputLock::folder(&a.out)?;
     let n = hdpo::model::merge::merge(&a.model, &a.adapter, &a.out)?;
     eprintln!("merged {n} weight matrices into {}", a.out.display());
     Ok(())

@@ -15,6 +15,10 @@ use hdpo::model::{
 };
 use hdpo::train::config::{PreferenceConfig, SftConfig};
 use hdpo::train::{loss_by_name, preference, sft, LoopSummary};
+use hdpo::util::guard::{
+    claim_output_file, claim_output_folder, Input, OutputLock, RunFingerprint,
+};
+use hdpo::util::validate;
 
 /// What to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,37 +68,41 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// α of Eq. 1 / 13 (TRL's beta).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::positive_finite)]
     pub alpha: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = validate::positive_finite)]
     pub lr: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = validate::at_least_one)]
     pub epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = validate::at_least_one)]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = validate::at_least_one)]
     pub micro_batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = validate::at_least_one)]
     pub checkpoint_every: Option<usize>,
     /// Seed of the data order, LoRA init and dropout.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Stop after this many optimiser steps in total (as if killed; resume later).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::at_least_one)]
     pub max_steps: Option<usize>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest checkpoint (same model, data and settings).
     #[arg(long)]
     pub resume: bool,
+    /// Discard what --out holds (an hdpo run folder) and start fresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Compute the loss and LoRA gradients of one batch of all pairs; print JSON; update nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// LoRA rank of a fresh adapter.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = validate::at_least_one)]
     pub lora_r: usize,
     /// LoRA alpha of a fresh adapter.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = 16.0, value_parser = validate::positive_finite)]
     pub lora_alpha: f64,
-    #[arg(long, default_value_t = 0.0)]
+    /// LoRA dropout of a fresh adapter, in [0, 1).
+    #[arg(long, default_value_t = 0.0, value_parser = validate::dropout)]
     pub lora_dropout: f32,
     /// Target modules of a fresh adapter: a regex (PEFT full match).
     #[arg(long, default_value = DEFAULT_TARGETS)]
@@ -266,14 +274,75 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
 }
 
-/// The run folder of a training command: refuse to start a fresh run over an
-/// earlier one, then create it and record the config (atomically).
-fn start_run(a: &TrainArgs, cfg: &impl serde::Serialize) -> Result<PathBuf> {
+/// The run folder of a training command: never an input, locked while this run writes it,
+/// its fingerprint (model, adapter, data, settings) compared with the one of the run that
+/// wrote it (reference log-probs and checkpoints are reused only by the same run), then a
+/// fresh run is refused over an earlier checkpoint, and the config is recorded (atomically).
+fn start_run(
+    a: &TrainArgs,
+    cfg: &impl serde::Serialize,
+    data: &str,
+) -> Result<(PathBuf, OutputLock)> {
     let out = a.out.clone().context("training needs --out RUN_DIR")?;
+    let mut inputs = vec![Input::Sealed("--model", &a.model)];
+    if let Some(p) = &a.adapter {
+        inputs.push(Input::Sealed("--adapter", p));
+    }
+    if let Some(p) = &a.pairs {
+        inputs.push(Input::File("--pairs", p));
+    }
+    if let Some(p) = &a.data {
+        inputs.push(Input::Data("--data", p));
+    }
+    let fp = run_fingerprint(a, cfg, data)?;
+    let lock = claim_output_folder("--out", &out, &inputs, &fp, a.overwrite, |d| {
+        [
+            "ref_logps.jsonl",
+            "checkpoints",
+            "train_log.jsonl",
+            "adapter",
+        ]
+        .iter()
+        .any(|f| d.join(f).exists())
+    })?;
     check_run_dir(&out, a.resume)?;
-    std::fs::create_dir_all(&out)?;
     hdpo::util::fsio::write_json_atomic(&out.join("config.json"), cfg)?;
-    Ok(out)
+    Ok((out, lock))
+}
+
+/// What a training run is: the command, the model and adapter contents, the data, and the
+/// settings that shape its numbers (not `--resume`, `--max-steps` or the device, which a
+/// continued run may change).
+fn run_fingerprint(
+    a: &TrainArgs,
+    cfg: &impl serde::Serialize,
+    data: &str,
+) -> Result<RunFingerprint> {
+    let mut settings = serde_json::to_value(cfg)?;
+    if let Some(run) = settings.get_mut("run").and_then(|r| r.as_object_mut()) {
+        run.remove("resume");
+        run.remove("halt_after_steps");
+    }
+    let adapter = match &a.adapter {
+        Some(p) => format!("file {}", hdpo::util::guard::content_id(p)?),
+        None => format!(
+            "fresh r={} alpha={} dropout={} targets={}",
+            a.lora_r, a.lora_alpha, a.lora_dropout, a.lora_targets
+        ),
+    };
+    let fp = RunFingerprint::new(&format!("train {:?}", a.kind).to_lowercase())
+        .with_content("model", &a.model)?
+        .with("adapter", adapter)
+        .with("data", data)
+        .with_settings("config", &settings)?
+        .with("template", a.template.clone())
+        .with("dtype", a.dtype.clone().unwrap_or_else(|| "model".into()))
+        .with(
+            "max_len",
+            a.max_len.map(|n| n.to_string()).unwrap_or("model".into()),
+        )
+        .with("skip_long", a.skip_long.to_string());
+    Ok(fp)
 }
 
 /// After a training loop: save the adapter (PEFT layout) unless the run was
@@ -385,7 +454,11 @@ fn train_pref(a: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
-    let out = start_run(&a, &cfg)?;
+    let data = format!(
+        "pairs {}",
+        hdpo::util::guard::content_id(&pairs_path).context("fingerprint of --pairs")?
+    );
+    let (out, _lock) = start_run(&a, &cfg, &data)?;
     let s = preference::train(&policy, &pairs, loss.as_ref(), &cfg, &out)?;
     finish_run(&a, &model, &out, &s.run, &s)
 }
@@ -426,7 +499,11 @@ fn train_sft(a: TrainArgs) -> Result<()> {
         );
         eprintln!("skipped {} samples longer than the context", long.len());
     }
-    let out = start_run(&a, &cfg)?;
+    let data = hdpo::util::guard::settings_id(&json!({
+        "examples": examples.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        "texts": examples.iter().map(|e| format!("{:?}", e.item)).collect::<Vec<_>>(),
+    }))?;
+    let (out, _lock) = start_run(&a, &cfg, &format!("samples {data}"))?;
     let s = sft::train(&policy, &examples, &cfg, &out)?;
     finish_run(&a, &model, &out, &s.run, &s)
 }
@@ -451,8 +528,11 @@ pub struct PredictArgs {
     /// Output JSON Lines file (rows: id, question, reference, prediction, answer_type).
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = validate::max_new_tokens)]
     pub max_new_tokens: usize,
+    /// Discard an interrupted run's partial results in --out and start fresh.
+    #[arg(long)]
+    pub overwrite: bool,
     /// At most this many samples (the first N).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -477,6 +557,28 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         preprocess: None,
         progress: true,
     };
+    // Partial rows are resumed only by the same model, adapter, data and settings.
+    let mut inputs = vec![
+        Input::Sealed("--model", &a.model),
+        Input::Data("--data", &a.data),
+    ];
+    if let Some(p) = &a.adapter {
+        inputs.push(Input::Sealed("--adapter", p));
+    }
+    let data = hdpo::util::guard::settings_id(&json!({
+        "samples": samples.iter().map(|s| (&s.id, &s.question, &s.images)).collect::<Vec<_>>(),
+    }))?;
+    let mut fp = RunFingerprint::new("predict")
+        .with_content("model", &a.model)?
+        .with("data", data)
+        .with("template", a.template.clone())
+        .with("max_new_tokens", a.max_new_tokens.to_string())
+        .with("dtype", a.dtype.clone().unwrap_or_else(|| "model".into()));
+    if let Some(p) = &a.adapter {
+        fp = fp.with_content("adapter", p)?;
+    }
+    let partial = hdpo::model::predict::partial_path(&a.out);
+    let _lock = claim_output_file("--out", &a.out, &inputs, &fp, a.overwrite, &[partial])?;
     let s = predict_to_file(&model, &tok, template, &samples, &opts, &a.out)?;
     eprintln!(
         "{}",

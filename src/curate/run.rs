@@ -117,8 +117,8 @@ impl CurateConfig {
         if self.kinds.is_empty() {
             bail!("no pair kinds to curate");
         }
-        if !self.lambda.is_finite() {
-            bail!("λ = {} is not finite", self.lambda);
+        if !self.lambda.is_finite() || self.lambda < 0.0 {
+            bail!("λ = {}: Eq. 11 needs a finite λ >= 0", self.lambda);
         }
         if let Some((i, n)) = self.shard {
             if n == 0 || i >= n {

@@ -48,14 +48,48 @@ pub fn load(format: DatasetFormat, root: &Path, opts: &LoadOptions) -> Result<Lo
     if !root.exists() {
         bail!("dataset path {} does not exist", root.display());
     }
-    match format {
+    let loaded = match format {
         DatasetFormat::VqaRad => super::vqa_rad::load(root, opts),
         DatasetFormat::Slake => super::slake::load(root, opts, "slake"),
         DatasetFormat::Phantom => super::slake::load(root, opts, "phantom"),
         DatasetFormat::R2gen => super::r2gen::load(root, opts, None),
         DatasetFormat::PhantomReport => super::r2gen::load(root, opts, Some("phantom")),
         DatasetFormat::Rule => super::rule::load(root, opts),
+    }?;
+    unique_ids(loaded, root, opts.skip_bad)
+}
+
+/// Sample ids key predictions, pairs and caches, so a dataset whose ids repeat is refused
+/// (or, with `skip_bad`, every repeat after the first is skipped and counted).
+fn unique_ids(mut loaded: LoadOutcome, root: &Path, skip_bad: bool) -> Result<LoadOutcome> {
+    let mut first: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut keep = Vec::with_capacity(loaded.samples.len());
+    for (i, s) in loaded.samples.into_iter().enumerate() {
+        match first.get(&s.id) {
+            Some(&j) => {
+                let err = RecordError::new(
+                    root,
+                    format!(
+                        "id '{}' occurs twice (samples {j} and {i}, split {}); ids must be \
+                         unique",
+                        s.id, s.split
+                    ),
+                )
+                .record(i, Some(s.id.clone()))
+                .field("id");
+                if !skip_bad {
+                    bail!("{err}");
+                }
+                loaded.skipped.push(err);
+            }
+            None => {
+                first.insert(s.id.clone(), i);
+                keep.push(s);
+            }
+        }
     }
+    loaded.samples = keep;
+    Ok(loaded)
 }
 
 /// Guess the format of the dataset at `root` from the files present.

@@ -351,6 +351,7 @@ impl Checkpoint {
                 Some(_) => {}
             }
         }
+        problems.extend(self.layers_beyond(expected));
         if !problems.is_empty() {
             bail!(
                 "checkpoint {} does not fit its config: {} problem(s):\n  {}",
@@ -360,6 +361,44 @@ impl Checkpoint {
             );
         }
         Ok(())
+    }
+
+    /// Stored layers that the config does not have: a tensor `<stack>.layers.N.*` whose stack
+    /// the config builds with fewer than N + 1 layers (a config with fewer layers than its
+    /// checkpoint would otherwise drop the rest silently). One line per stack.
+    fn layers_beyond(&self, expected: &[TensorSpec]) -> Vec<String> {
+        fn split(name: &str) -> Option<(&str, usize)> {
+            let i = name.find(".layers.")?;
+            let rest = &name[i + ".layers.".len()..];
+            let n = rest.split('.').next()?.parse().ok()?;
+            Some((&name[..i], n))
+        }
+        let mut declared: HashMap<&str, usize> = HashMap::new();
+        for s in expected {
+            if let Some((stack, n)) = split(&s.name) {
+                let e = declared.entry(stack).or_default();
+                *e = (*e).max(n + 1);
+            }
+        }
+        let mut beyond: BTreeMap<&str, usize> = BTreeMap::new();
+        for canon in self.canon_to_stored.keys() {
+            if let Some((stack, n)) = split(canon) {
+                if declared.get(stack).is_some_and(|&d| n >= d) {
+                    let e = beyond.entry(stack).or_default();
+                    *e = (*e).max(n + 1);
+                }
+            }
+        }
+        beyond
+            .into_iter()
+            .map(|(stack, stored)| {
+                format!(
+                    "the checkpoint has {stored} layers under `{stack}` but the config declares \
+                     {}; fix num_hidden_layers in config.json (no layer is dropped silently)",
+                    declared[stack]
+                )
+            })
+            .collect()
     }
 
     /// Load a canonical tensor onto `device` as `dtype`.

@@ -42,6 +42,15 @@ fn pick(logits: &Tensor, opts: &GenerateOptions, rng: &mut impl Rng) -> Result<u
     if v.is_empty() {
         bail!("empty logits");
     }
+    if !v.iter().all(|x| x.is_finite()) {
+        bail!(
+            "the model's next-token logits hold NaN or infinite values; its weights (or an \
+             adapter's) are probably not finite"
+        );
+    }
+    if !opts.temperature.is_finite() {
+        bail!("temperature {} is not finite", opts.temperature);
+    }
     if opts.temperature <= 0.0 {
         // First maximum, as torch.argmax.
         let mut best = 0usize;
@@ -89,15 +98,26 @@ impl LlavaModel {
         )?;
         let mut rng = crate::util::seed::rng_for(opts.seed, "generate");
         let embeds = self.input_embeds(&batch, &fwd)?;
+        let context = self.config.text.max_position_embeddings;
+        let prompt_len = embeds.dim(1)?;
+        if prompt_len >= context {
+            bail!(
+                "the prompt is {prompt_len} positions long (text and image tokens), but the \
+                 model's context (max_position_embeddings) is {context}: nothing can be \
+                 generated; shorten the prompt"
+            );
+        }
         let mut cache = KvCache::new(self.decoder.layers.len());
         let mut h = self.decoder.forward_cached(&embeds, &mut cache, &fwd)?;
         let mut out = Vec::new();
-        for _ in 0..opts.max_new_tokens {
+        // Generation stops at the context's end as well as after max_new_tokens.
+        let budget = opts.max_new_tokens.min(context - prompt_len);
+        for _ in 0..budget {
             let t = h.dim(1)?;
             let logits = self.decoder.logits(&h.narrow(1, t - 1, 1)?, &fwd)?;
             let next = pick(&logits, opts, &mut rng)?;
             out.push(next);
-            if Some(next) == opts.eos_token_id || out.len() == opts.max_new_tokens {
+            if Some(next) == opts.eos_token_id || out.len() == budget {
                 break;
             }
             let id = Tensor::from_vec(vec![next], (1, 1), &self.device)?;

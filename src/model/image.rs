@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 /// CLIP's normalisation constants (OpenAI).
@@ -49,9 +49,8 @@ pub fn load_clip_pixels(
     std: [f32; 3],
     device: &Device,
 ) -> Result<Tensor> {
-    let img = image::open(path)
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .to_rgb8();
+    // The dataset loader's decoder: refuses truncated JPEGs instead of filling them with grey.
+    let img = crate::data::image::load_rgb(path)?;
     let (w, h) = img.dimensions();
     let s = size as u32;
     let img = if w == s && h == s {

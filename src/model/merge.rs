@@ -13,6 +13,47 @@ use candle_core::{DType, Device, Tensor};
 use super::checkpoint::{canonical_name, safetensors_files};
 use super::lora::{parse_adapter_key, read_adapter};
 
+/// Problems between an adapter's config and its tensors: lora_A must be `[r, in]` and
+/// lora_B `[out, r]` with the configured r (the scale is alpha / r, so another rank would
+/// merge a wrong delta), and every adapted module must be one that `target_modules` names.
+fn adapter_consistency(
+    cfg: &super::lora::LoraConfig,
+    pairs: &HashMap<String, (Option<Tensor>, Option<Tensor>)>,
+) -> Result<Vec<String>> {
+    let matches = cfg.matcher()?;
+    let mut problems = Vec::new();
+    let mut modules: Vec<&String> = pairs.keys().collect();
+    modules.sort();
+    for m in modules {
+        let (a, b) = &pairs[m];
+        if let Some(a) = a {
+            if a.dims().first() != Some(&cfg.r) {
+                problems.push(format!(
+                    "lora_A of `{m}` has shape {:?}, but adapter_config.json says r = {}",
+                    a.dims(),
+                    cfg.r
+                ));
+            }
+        }
+        if let Some(b) = b {
+            if b.dims().get(1) != Some(&cfg.r) {
+                problems.push(format!(
+                    "lora_B of `{m}` has shape {:?}, but adapter_config.json says r = {}",
+                    b.dims(),
+                    cfg.r
+                ));
+            }
+        }
+        if !matches(m) {
+            problems.push(format!(
+                "`{m}` is not matched by target_modules {:?} of adapter_config.json",
+                cfg.target_modules
+            ));
+        }
+    }
+    Ok(problems)
+}
+
 /// Merge `adapter_dir` into `model_dir`, writing to `out_dir`. Returns the
 /// number of merged weight matrices.
 pub fn merge(model_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<usize> {
@@ -31,8 +72,10 @@ pub fn merge(model_dir: &Path, adapter_dir: &Path, out_dir: &Path) -> Result<usi
         }
     }
     let files = safetensors_files(model_dir)?;
-    // Check everything before writing anything.
-    let mut problems = Vec::new();
+    // Check everything before writing anything: the checks loading an adapter for training
+    // or generation makes (rank as configured, modules matched by target_modules), then
+    // that every adapted module has a base weight of B A's shape.
+    let mut problems = adapter_consistency(&cfg, &pairs)?;
     let mut found = BTreeSet::new();
     for f in &files {
         // SAFETY: read-only mapping of an input file that is not written to.

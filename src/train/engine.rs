@@ -234,6 +234,16 @@ pub(crate) fn run<T: Task>(
             row.insert("learning_rate".into(), lr.into());
             row.insert("grad_norm".into(), norm.into());
             row.extend(task.log_fields(&stats, step_started.elapsed().as_secs_f64()));
+            // JSON has no NaN: a non-finite loss arrives here as null. Stop before it is
+            // logged or checkpointed, naming the step.
+            if let Some(l) = row.get("loss") {
+                ensure!(
+                    l.as_f64().is_some_and(f64::is_finite),
+                    "optimiser step {step} (epoch {epoch}): the loss is not finite (NaN or \
+                     infinite); check the pair weights and the model's weights for NaN, and \
+                     lower the learning rate"
+                );
+            }
             log.append(&row)?;
             pb.set_message(progress_message(&row));
             pb.inc(1);

@@ -357,6 +357,18 @@ pub fn dry_run<P: PreferencePolicy + ?Sized>(
             h: (v[0] - refs[i].chosen) - (v[1] - refs[i].rejected),
         });
     }
+    let mean_loss = loss_sum / pairs.len() as f64;
+    ensure!(
+        mean_loss.is_finite(),
+        "dry run: the loss is {mean_loss} (not finite); pair weights range over {:?}",
+        pairs
+            .iter()
+            .map(|p| p.weight)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), w| (
+                lo.min(w),
+                hi.max(w)
+            ))
+    );
     let grads = acc.finish(1.0 / pairs.len() as f64)?;
     let mut grad_norms = BTreeMap::new();
     let mut sq = 0.0;
@@ -370,7 +382,7 @@ pub fn dry_run<P: PreferencePolicy + ?Sized>(
     Ok(DryRun {
         loss_name: loss.name().into(),
         alpha: loss.alpha(),
-        loss: loss_sum / pairs.len() as f64,
+        loss: mean_loss,
         pairs: out_pairs,
         grad_norms,
         grad_norm_total: sq.sqrt(),

@@ -1,7 +1,9 @@
 //! Small shared utilities: atomic file output, dataset-root-confined paths, seeding.
 
 pub mod fsio;
+pub mod guard;
 pub mod seed;
+pub mod validate;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
 use hdpo::encode::align::AlignConfig;
@@ -72,4 +73,73 @@ pub fn small_align_config() -> AlignConfig {
         seed: 3,
         ..AlignConfig::default()
     }
+}
+
+/// The fixture's two DPO pairs as a pair file (images copied beside it),
+/// with the fixture's weights w = [0.7, 1.3].
+pub fn write_fixture_pairs(dir: &Path) -> PathBuf {
+    let j = tiny_llava_reference_json();
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    for i in 0..5 {
+        std::fs::copy(
+            tiny_llava().join(format!("images/img{i}.png")),
+            dir.join(format!("images/img{i}.png")),
+        )
+        .unwrap();
+    }
+    let w: Vec<f64> = j["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let mut lines = String::new();
+    for (i, p) in j["dpo"]["pairs"].as_array().unwrap().iter().enumerate() {
+        // The fixture's prompt is the full llava_plain text; the pair record holds the question.
+        let full = p["prompt"].as_str().unwrap();
+        let q = full
+            .strip_prefix("USER: <image>\n")
+            .unwrap()
+            .strip_suffix(" ASSISTANT:")
+            .unwrap();
+        let rec = serde_json::json!({
+            "id": format!("pair{i}"),
+            "kind": if i == 0 { "mis" } else { "fp" },
+            "prompt": q,
+            // The template puts the space before the answer.
+            "chosen": p["chosen"].as_str().unwrap().trim_start(),
+            "rejected": p["rejected"].as_str().unwrap().trim_start(),
+            "chosen_image": format!("images/img{}.png", p["chosen_image"]),
+            "rejected_image": format!("images/img{}.png", p["rejected_image"]),
+            "weight": w[i],
+        });
+        lines.push_str(&rec.to_string());
+        lines.push('\n');
+    }
+    let path = dir.join("pairs.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+pub fn hdpo_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn hdpo_ok(args: &[&str]) -> String {
+    let out = hdpo_cmd(args);
+    assert!(
+        out.status.success(),
+        "hdpo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn hdpo_err(args: &[&str]) -> String {
+    let out = hdpo_cmd(args);
+    assert!(!out.status.success(), "hdpo {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }

@@ -205,12 +205,63 @@ pub fn generate(cfg: &PhantomConfig, out_dir: &Path) -> Result<PhantomSummary> {
 }
 
 /// [`generate`], calling `tick` once per finished study (from any thread).
+/// What a phantom dataset folder holds (files and folders the writer makes).
+const WRITTEN: [&str; 9] = [
+    "annotation.json",
+    "heatmaps",
+    "images",
+    "imgs",
+    "phantom.json",
+    "preview.png",
+    "test.json",
+    "train.json",
+    "validate.json",
+];
+
+/// Before writing into `out_dir`: an earlier phantom dataset there (it has `phantom.json`)
+/// is removed first, so no stale study, mask or heatmap file of it survives next to the new
+/// ones (a heatmap source reading the folder would otherwise mix them); a non-empty folder
+/// that is not a phantom dataset is refused.
+fn clear_earlier_dataset(out_dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return Ok(());
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    if !out_dir.join("phantom.json").is_file() {
+        anyhow::bail!(
+            "{} is not empty and holds no phantom dataset (no phantom.json); choose an empty \
+             or new folder",
+            out_dir.display()
+        );
+    }
+    for name in WRITTEN {
+        let p = out_dir.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else if p.exists() {
+            std::fs::remove_file(&p)
+        } else {
+            Ok(())
+        };
+        r.with_context(|| format!("cannot remove the earlier {}", p.display()))?;
+    }
+    Ok(())
+}
+
 pub fn generate_with_progress(
     cfg: &PhantomConfig,
     out_dir: &Path,
     tick: &(dyn Fn() + Sync),
 ) -> Result<PhantomSummary> {
     cfg.validate()?;
+    clear_earlier_dataset(out_dir)?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create the output folder {}", out_dir.display()))?;
     let planned = plan(cfg);

@@ -264,9 +264,27 @@ fn id_field(path: &Path, ln: usize, m: &serde_json::Map<String, Value>) -> Resul
     }
 }
 
+/// The rows of a prediction file with their ids, refused when an id repeats (a repeated
+/// row would be scored twice).
+fn read_rows_unique_ids(path: &Path) -> Result<Vec<(usize, serde_json::Map<String, Value>)>> {
+    let rows = read_jsonl(path)?;
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (ln, m) in &rows {
+        let id = id_field(path, *ln, m)?.to_string();
+        if let Some(first) = seen.insert(id.clone(), *ln) {
+            bail!(
+                "{}: line {ln}: field 'id' {id} repeats line {first}; every prediction row \
+                 needs its own id",
+                path.display()
+            );
+        }
+    }
+    Ok(rows)
+}
+
 /// Read report rows `{id, reference, prediction}` (other fields ignored).
 pub fn read_report_rows(path: &Path) -> Result<Vec<ReportRow>> {
-    read_jsonl(path)?
+    read_rows_unique_ids(path)?
         .into_iter()
         .map(|(ln, m)| {
             Ok(ReportRow {
@@ -280,7 +298,7 @@ pub fn read_report_rows(path: &Path) -> Result<Vec<ReportRow>> {
 
 /// Read VQA rows `{id, reference, prediction, answer_type?}`.
 pub fn read_vqa_rows(path: &Path) -> Result<Vec<VqaRow>> {
-    read_jsonl(path)?
+    read_rows_unique_ids(path)?
         .into_iter()
         .map(|(ln, m)| {
             let answer_type = match m.get("answer_type") {
