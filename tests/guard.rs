@@ -654,3 +654,155 @@ fn duplicate_ids_are_refused_at_load_time() {
     let e = hdpo_err(&["eval", "vqa", "--predictions", s(&preds)]);
     assert!(e.contains("repeats line 1"), "{e}");
 }
+
+/// The README's by-hand pipeline with relative paths, run from a fresh working directory:
+/// every command that writes takes a relative output, and every stored path resolves
+/// whatever the working directory (the rule: relative to the file that stores it).
+#[test]
+fn the_by_hand_pipeline_runs_with_relative_paths_from_another_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+            .current_dir(cwd.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "hdpo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run(&[
+        "phantom", "--out", "phantom", "--seed", "0", "--train", "6", "--test", "3", "--size", "32",
+    ]);
+    run(&[
+        "align",
+        "--data",
+        "phantom",
+        "--format",
+        "phantom-report",
+        "--out",
+        "encoder",
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+    ]);
+    run(&[
+        "curate",
+        "--data",
+        "phantom",
+        "--format",
+        "phantom",
+        "--heatmaps",
+        "mask",
+        "--encoder",
+        "encoder",
+        "--out",
+        "pairs/pairs.jsonl",
+    ]);
+    run(&[
+        "init-model",
+        "--tokenizer-from",
+        "phantom",
+        "--format",
+        "phantom",
+        "--out",
+        "M",
+    ]);
+    run(&[
+        "train",
+        "sft",
+        "--model",
+        "M",
+        "--data",
+        "phantom",
+        "--format",
+        "phantom",
+        "--template",
+        "llava_plain",
+        "--out",
+        "runs/sft",
+        "--preset",
+        "phantom",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "2",
+    ]);
+    // A halted run keeps no adapter: finish it (same run, resumed).
+    run(&[
+        "train",
+        "sft",
+        "--model",
+        "M",
+        "--data",
+        "phantom",
+        "--format",
+        "phantom",
+        "--template",
+        "llava_plain",
+        "--out",
+        "runs/sft",
+        "--preset",
+        "phantom",
+        "--epochs",
+        "1",
+        "--resume",
+    ]);
+    run(&[
+        "merge",
+        "--model",
+        "M",
+        "--adapter",
+        "runs/sft/adapter",
+        "--out",
+        "M_sft",
+    ]);
+    run(&[
+        "train",
+        "hdpo",
+        "--model",
+        "M_sft",
+        "--pairs",
+        "pairs/pairs.jsonl",
+        "--template",
+        "llava_plain",
+        "--out",
+        "runs/hdpo",
+        "--preset",
+        "phantom",
+        "--epochs",
+        "1",
+    ]);
+    run(&[
+        "predict",
+        "--model",
+        "M_sft",
+        "--adapter",
+        "runs/hdpo/adapter",
+        "--data",
+        "phantom",
+        "--format",
+        "phantom",
+        "--template",
+        "llava_plain",
+        "--out",
+        "preds.jsonl",
+        "--max-new-tokens",
+        "3",
+    ]);
+    let scores = run(&["eval", "vqa", "--predictions", "preds.jsonl", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&scores).unwrap();
+    assert!(v.is_object(), "{scores}");
+    // Pair files hold paths inside their own folder, never the working directory's prefix.
+    for p in hdpo::data::pairs::read_pairs(&cwd.path().join("pairs/pairs.jsonl")).unwrap() {
+        assert!(
+            !p.chosen_image.starts_with("phantom/"),
+            "{}",
+            p.chosen_image
+        );
+    }
+}
