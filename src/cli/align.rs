@@ -48,6 +48,9 @@ pub struct AlignArgs {
     /// The frozen `BertModel` folder (with tokenizer.json or vocab.txt).
     #[arg(long, requires = "vision_checkpoint")]
     pub text_checkpoint: Option<PathBuf>,
+    /// Skip (and count) training records whose image file is absent (a partial download).
+    #[arg(long)]
+    pub skip_missing: bool,
     /// Text pooling: mean, cls or pooler.
     #[arg(long, default_value = "mean")]
     pub text_pooling: String,
@@ -111,6 +114,7 @@ fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
 }
 
 pub fn run(args: AlignArgs) -> Result<()> {
+    let mut missing = hdpo::data::MissingImages::default();
     let pairs = if args.format == "jsonl" {
         read_pairs(&args.data)?
     } else {
@@ -124,9 +128,14 @@ pub fn run(args: AlignArgs) -> Result<()> {
         let opts = LoadOptions {
             split: Some(Split::Train),
             require_images: true,
+            skip_missing: args.skip_missing,
             ..LoadOptions::default()
         };
         let loaded = hdpo::data::load(format, &args.data, &opts)?;
+        if let Some(m) = loaded.missing.describe() {
+            eprintln!("{m}");
+        }
+        missing = loaded.missing.clone();
         let pairs = if args.no_regions {
             pairs_from_samples(&loaded.samples)
         } else {
@@ -213,6 +222,15 @@ pub fn run(args: AlignArgs) -> Result<()> {
     if let Some(g) = &report.regions {
         println!("local alignment: {}", g.describe());
     }
+    // What the data lacked, beside the encoder's own report.
+    hdpo::util::fsio::write_json_atomic(
+        &args.out.join("data_summary.json"),
+        &serde_json::json!({
+            "data": args.data,
+            "format": args.format,
+            "missing_images": missing,
+        }),
+    )?;
     println!("encoder written to {}", args.out.display());
     Ok(())
 }

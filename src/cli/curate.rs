@@ -68,6 +68,9 @@ pub struct CurateArgs {
     /// Dilation of the salient region in pixels.
     #[arg(long, default_value_t = 2)]
     pub dilate: usize,
+    /// Skip (and count) records whose image file is absent, as in a partial download.
+    #[arg(long)]
+    pub skip_missing: bool,
     /// Discard what --out holds (pairs, partial file, summary) and curate afresh.
     #[arg(long)]
     pub overwrite: bool,
@@ -87,6 +90,7 @@ pub fn run(a: CurateArgs) -> Result<()> {
         &LoadOptions {
             split,
             skip_bad: true,
+            skip_missing: a.skip_missing,
             ..LoadOptions::default()
         },
     )?;
@@ -125,6 +129,7 @@ pub fn run(a: CurateArgs) -> Result<()> {
     };
     cfg.region.dilate_px = a.dilate;
     let samples = loaded.samples;
+    let loaded_missing = loaded.missing;
     // Pairs already in --out are kept (resume) only when they come from the same encoder,
     // data, heatmaps and settings.
     let data = hdpo::util::guard::settings_id(
@@ -163,6 +168,11 @@ pub fn run(a: CurateArgs) -> Result<()> {
         &mut |d, _| bar.set_position(d as u64),
     )?;
     bar.finish_and_clear();
+    let mut summary = summary;
+    summary.missing_images = loaded_missing.clone();
+    if let Some(m) = loaded_missing.describe() {
+        eprintln!("{m}");
+    }
     let summary_path = PathBuf::from(format!("{}.summary.json", a.out.display()));
     hdpo::util::fsio::write_json_atomic(&summary_path, &summary)?;
     print!("{summary}");

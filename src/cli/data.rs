@@ -56,6 +56,7 @@ pub fn run(args: DataArgs) -> Result<()> {
                     lang: a.lang,
                     skip_bad: a.skip_bad,
                     require_images: false,
+                    skip_missing: false,
                 },
                 subtle_threshold: a.subtle_threshold,
             };

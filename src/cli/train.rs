@@ -116,6 +116,9 @@ pub struct TrainArgs {
     /// At most this many SFT samples (the first N).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Skip (and count) SFT records whose image file is absent (a partial download).
+    #[arg(long)]
+    pub skip_missing: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -151,13 +154,15 @@ fn load_model(
 }
 
 /// The samples of `split` in the dataset at `dir` (format detected when
-/// `None`), images required, the first `limit`; none is an error.
+/// `None`), images required (or, with `skip_missing`, records without their image
+/// skipped and counted), the first `limit`; none is an error.
 fn load_samples(
     dir: &Path,
     format: Option<DatasetFormat>,
     split: Split,
     limit: Option<usize>,
-) -> Result<Vec<data::Sample>> {
+    skip_missing: bool,
+) -> Result<(Vec<data::Sample>, data::MissingImages)> {
     let format = match format {
         Some(f) => f,
         None => data::detect_format(dir)?,
@@ -165,9 +170,14 @@ fn load_samples(
     let opts = data::LoadOptions {
         split: Some(split),
         require_images: true,
+        skip_missing,
         ..Default::default()
     };
-    let mut samples = data::load(format, dir, &opts)?.samples;
+    let loaded = data::load(format, dir, &opts)?;
+    if let Some(m) = loaded.missing.describe() {
+        eprintln!("{m}");
+    }
+    let mut samples = loaded.samples;
     if let Some(n) = limit {
         samples.truncate(n);
     }
@@ -176,7 +186,7 @@ fn load_samples(
         "{}: no {format} samples in split {split}",
         dir.display()
     );
-    Ok(samples)
+    Ok((samples, loaded.missing))
 }
 
 fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -478,7 +488,7 @@ fn train_sft(a: TrainArgs) -> Result<()> {
     apply_run(&a, &mut cfg.run, &mut cfg.optim);
     cfg.validate()?;
     let template = ChatTemplate::from_name(&a.template)?;
-    let samples = load_samples(&data_dir, a.format, a.split, a.limit)?;
+    let (samples, missing) = load_samples(&data_dir, a.format, a.split, a.limit, a.skip_missing)?;
     let mut examples = sft_examples(&samples)?;
     let (model, tok) = load_trainable(&a, cfg.run.seed)?;
     let policy = training_policy(&a, &model, &tok, template, cfg.run.seed)?;
@@ -504,6 +514,11 @@ fn train_sft(a: TrainArgs) -> Result<()> {
         "texts": examples.iter().map(|e| format!("{:?}", e.item)).collect::<Vec<_>>(),
     }))?;
     let (out, _lock) = start_run(&a, &cfg, &format!("samples {data}"))?;
+    hdpo::util::fsio::write_json_atomic(
+        &out.join("data_summary.json"),
+        &json!({"data": data_dir, "split": a.split.to_string(), "samples": samples.len(),
+                "missing_images": missing}),
+    )?;
     let s = sft::train(&policy, &examples, &cfg, &out)?;
     finish_run(&a, &model, &out, &s.run, &s)
 }
@@ -536,6 +551,9 @@ pub struct PredictArgs {
     /// At most this many samples (the first N).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Skip (and count) records whose image file is absent (a partial download).
+    #[arg(long)]
+    pub skip_missing: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
@@ -544,7 +562,7 @@ pub struct PredictArgs {
 
 pub fn predict(a: PredictArgs) -> Result<()> {
     let template = ChatTemplate::from_name(&a.template)?;
-    let samples = load_samples(&a.data, a.format, a.split, a.limit)?;
+    let (samples, missing) = load_samples(&a.data, a.format, a.split, a.limit, a.skip_missing)?;
     let (model, tok) = load_model(
         &a.model,
         a.adapter.as_deref(),
@@ -582,7 +600,8 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let s = predict_to_file(&model, &tok, template, &samples, &opts, &a.out)?;
     eprintln!(
         "{}",
-        json!({"out": s.out, "n": s.n, "resumed": s.resumed, "seconds": s.seconds})
+        json!({"out": s.out, "n": s.n, "resumed": s.resumed, "seconds": s.seconds,
+               "missing_images": missing})
     );
     Ok(())
 }

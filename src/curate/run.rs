@@ -194,6 +194,10 @@ pub struct CurateSummary {
     pub kind_skips: BTreeMap<String, BTreeMap<String, usize>>,
     pub previews: Vec<PathBuf>,
     pub seconds: f64,
+    /// Dataset records left out before curation for absent images (`--skip-missing`; filled
+    /// by the caller that loaded the data).
+    #[serde(default)]
+    pub missing_images: crate::data::MissingImages,
 }
 
 impl CurateSummary {

@@ -22,6 +22,10 @@ pub struct LoadOptions {
     pub skip_bad: bool,
     /// Treat a referenced image file that does not exist as a bad record.
     pub require_images: bool,
+    /// Skip (and count, per split) the records whose image files are absent, as partial
+    /// downloads of real datasets need (`--skip-missing`); other bad records still follow
+    /// `skip_bad`.
+    pub skip_missing: bool,
 }
 
 impl Default for LoadOptions {
@@ -31,6 +35,7 @@ impl Default for LoadOptions {
             lang: "en".to_string(),
             skip_bad: false,
             require_images: false,
+            skip_missing: false,
         }
     }
 }
@@ -40,6 +45,48 @@ impl Default for LoadOptions {
 pub struct LoadOutcome {
     pub samples: Vec<Sample>,
     pub skipped: Vec<RecordError>,
+    /// Records left out for absent images (only with `skip_missing`).
+    pub missing: MissingImages,
+}
+
+/// Records skipped because an image file is absent (`--skip-missing`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MissingImages {
+    /// Skipped records per split (`train`, `val`, `test`).
+    pub per_split: std::collections::BTreeMap<String, usize>,
+    /// The first absent paths (at most [`MissingImages::EXAMPLES`]).
+    pub first: Vec<PathBuf>,
+}
+
+impl MissingImages {
+    pub const EXAMPLES: usize = 5;
+
+    /// Records skipped in all splits.
+    pub fn total(&self) -> usize {
+        self.per_split.values().sum()
+    }
+
+    /// One line for a command's output (`None` when nothing was skipped).
+    pub fn describe(&self) -> Option<String> {
+        if self.total() == 0 {
+            return None;
+        }
+        let splits: Vec<String> = self
+            .per_split
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        Some(format!(
+            "skipped {} records whose image is missing ({}); first: {}",
+            self.total(),
+            splits.join(", "),
+            self.first
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
 }
 
 /// Load the dataset at `root` (its folder, or for single-file formats the file
@@ -48,6 +95,12 @@ pub fn load(format: DatasetFormat, root: &Path, opts: &LoadOptions) -> Result<Lo
     if !root.exists() {
         bail!("dataset path {} does not exist", root.display());
     }
+    // With skip_missing the format's loader accepts absent images and they are filtered
+    // below, one rule for every format.
+    let opts = &LoadOptions {
+        require_images: opts.require_images && !opts.skip_missing,
+        ..opts.clone()
+    };
     let loaded = match format {
         DatasetFormat::VqaRad => super::vqa_rad::load(root, opts),
         DatasetFormat::Slake => super::slake::load(root, opts, "slake"),
@@ -56,7 +109,34 @@ pub fn load(format: DatasetFormat, root: &Path, opts: &LoadOptions) -> Result<Lo
         DatasetFormat::PhantomReport => super::r2gen::load(root, opts, Some("phantom")),
         DatasetFormat::Rule => super::rule::load(root, opts),
     }?;
+    let loaded = if opts.skip_missing {
+        without_missing_images(loaded)
+    } else {
+        loaded
+    };
     unique_ids(loaded, root, opts.skip_bad)
+}
+
+/// Leave out the samples with an absent image file, counting them per split.
+fn without_missing_images(mut loaded: LoadOutcome) -> LoadOutcome {
+    let mut keep = Vec::with_capacity(loaded.samples.len());
+    for s in loaded.samples {
+        match s.images.iter().find(|p| !p.is_file()) {
+            Some(absent) => {
+                *loaded
+                    .missing
+                    .per_split
+                    .entry(s.split.to_string())
+                    .or_default() += 1;
+                if loaded.missing.first.len() < MissingImages::EXAMPLES {
+                    loaded.missing.first.push(absent.clone());
+                }
+            }
+            None => keep.push(s),
+        }
+    }
+    loaded.samples = keep;
+    loaded
 }
 
 /// Sample ids key predictions, pairs and caches, so a dataset whose ids repeat is refused

@@ -16,7 +16,7 @@ pub mod rule;
 pub mod slake;
 pub mod vqa_rad;
 
-pub use load::{detect_format, load, LoadOptions, LoadOutcome};
+pub use load::{detect_format, load, LoadOptions, LoadOutcome, MissingImages};
 
 use std::fmt;
 use std::path::PathBuf;
