@@ -17,7 +17,7 @@ use hdpo::eval::metrics;
 #[derive(Args, Debug)]
 pub struct FindingsArgs {
     /// JSONL rows {id, prediction, answer_type?} as `hdpo predict` writes them
-    /// (reports and/or VQA questions of the phantom).
+    /// (reports and/or VQA questions of the phantom; open questions are not scored).
     #[arg(long)]
     pub predictions: PathBuf,
     /// The phantom benchmark folder the predictions answer (with phantom.json).
@@ -79,7 +79,11 @@ fn scored(
     let source = path.display().to_string();
     let items = findings::items_from_rows(samples, &rows, &source)?;
     let s = Scored::new(truth, &items).with_context(|| source.clone())?;
-    Ok((s, items.len()))
+    let n = items
+        .iter()
+        .filter(|i| i.kind != findings::ItemKind::Open)
+        .count();
+    Ok((s, n))
 }
 
 pub fn run(a: FindingsArgs) -> Result<()> {
@@ -116,7 +120,7 @@ pub fn run(a: FindingsArgs) -> Result<()> {
         let v = serde_json::json!({
             "predictions": a.predictions,
             "against": a.against,
-            "items": n_items,
+            "scored_items": n_items,
             "report": report,
             "paired": paired,
         });

@@ -407,6 +407,9 @@ mod tests {
         assert_eq!(mcnemar_sample_size(0.03, 0.10, 0.05, 0.8), Some(870));
         // ψ = 0.2: (1.959964·√0.2 + 0.841621·√0.1991)² / 0.0009 = 1741.8
         assert_eq!(mcnemar_sample_size(0.03, 0.20, 0.05, 0.8), Some(1742));
+        // docs/experiments.md's table: ψ = 0.05 → 433.68, ψ = 0.15 → 1305.79.
+        assert_eq!(mcnemar_sample_size(0.03, 0.05, 0.05, 0.8), Some(434));
+        assert_eq!(mcnemar_sample_size(0.03, 0.15, 0.05, 0.8), Some(1306));
         assert_eq!(mcnemar_sample_size(0.3, 0.05, 0.05, 0.8), None);
         // p 0.70 vs 0.73: the formula with scipy's norm.ppf gives 3553.06.
         let n = two_proportion_sample_size(0.70, 0.73, 0.05, 0.8).unwrap();
