@@ -426,6 +426,10 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
         "{p}"
     );
     assert!(cmp["bootstrap"]["p_value"].as_f64().unwrap() < 0.05);
+    // Every normal study has a question B got wrong: no random swap of A and
+    // B per study reaches the observed difference but the identity, p = 1/2001.
+    let flip = cmp["sign_flip_p"].as_f64().unwrap();
+    assert!((flip - 1.0 / 2001.0).abs() < 1e-12, "{flip}");
     assert!(cmp["bootstrap"]["diff"].as_f64().unwrap() < 0.0);
 
     // The table: five subsets, intervals, n per cell, and the paired table.
@@ -449,6 +453,7 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
         "conspicuous (",
         "hallucination rate",
         "McNemar",
+        "sign-flip",
     ] {
         assert!(table.contains(s), "missing {s}:\n{table}");
     }

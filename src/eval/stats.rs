@@ -1,6 +1,7 @@
 //! Statistics for comparing methods on the same test items: percentile
 //! bootstrap confidence intervals (resampling studies), the paired bootstrap
-//! of a difference, the exact McNemar test, mean ± sd across seeds, and the
+//! of a difference, the paired sign-flip (randomization) test, the exact
+//! McNemar test, mean ± sd across seeds, and the
 //! sample sizes needed to detect a given difference in accuracy.
 //! `docs/metrics.md` states every definition; `docs/experiments.md` the power
 //! calculation and its assumptions.
@@ -129,6 +130,65 @@ impl PairedBootstrap {
             reps: defined.len(),
         }
     }
+}
+
+/// Sign-flip patterns for a paired randomization test on `n` items: every
+/// one of the 2ⁿ patterns when 2ⁿ ≤ `reps` (exact test), else `reps` random
+/// patterns (each item swapped with probability 1/2). `true` swaps the two
+/// methods' outcomes on that item. Returns the patterns and whether they are
+/// the exhaustive set.
+pub fn sign_flip_patterns<R: Rng + ?Sized>(
+    rng: &mut R,
+    n: usize,
+    reps: usize,
+) -> (Vec<Vec<bool>>, bool) {
+    if n < usize::BITS as usize - 1 && (1usize << n) <= reps {
+        let all = (0..1usize << n)
+            .map(|m| (0..n).map(|i| m >> i & 1 == 1).collect())
+            .collect();
+        (all, true)
+    } else {
+        let pats = (0..reps)
+            .map(|_| (0..n).map(|_| rng.random::<bool>()).collect())
+            .collect();
+        (pats, false)
+    }
+}
+
+/// Two-sided p-value of a paired randomization (sign-flip) test: the share
+/// of flip patterns whose |difference| reaches the observed one. Exact
+/// patterns (which include the identity): count / patterns; random ones:
+/// (count + 1) / (patterns + 1). Replicates that are `None` are left out.
+/// Under the null hypothesis that the two methods' outcomes on a study are
+/// exchangeable this is valid for any number of studies, unlike the
+/// bootstrap p-value, which is too small when there are few.
+pub fn sign_flip_p(observed: f64, replicates: &[Option<f64>], exact: bool) -> f64 {
+    let defined: Vec<f64> = replicates.iter().flatten().copied().collect();
+    let tol = 1e-12 * observed.abs().max(1.0);
+    let k = defined
+        .iter()
+        .filter(|d| d.abs() >= observed.abs() - tol)
+        .count();
+    let p = if exact {
+        k as f64 / defined.len().max(1) as f64
+    } else {
+        (k + 1) as f64 / (defined.len() + 1) as f64
+    };
+    p.min(1.0)
+}
+
+/// Paired randomization test of `n` items: `diff` gets a flip pattern and
+/// returns A − B with the flagged items' outcomes swapped (`None` where
+/// undefined); see [`sign_flip_patterns`] and [`sign_flip_p`].
+pub fn sign_flip_test<R, F>(rng: &mut R, n: usize, reps: usize, mut diff: F) -> Option<f64>
+where
+    R: Rng + ?Sized,
+    F: FnMut(&[bool]) -> Option<f64>,
+{
+    let observed = diff(&vec![false; n])?;
+    let (pats, exact) = sign_flip_patterns(rng, n, reps);
+    let reps: Vec<Option<f64>> = pats.iter().map(|p| diff(p)).collect();
+    Some(sign_flip_p(observed, &reps, exact))
 }
 
 /// The exact McNemar test of two methods' binary outcomes on the same items.
@@ -387,6 +447,27 @@ mod tests {
         assert!((quantile(&x, 0.3).unwrap() - 2.4).abs() < 1e-12);
         assert!((quantile(&x, 0.975).unwrap() - 15.2).abs() < 1e-12);
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn sign_flip_test_is_exact_for_few_items() {
+        let mut rng = rng_for(3, "flip");
+        // Differences 1, 2, 3: of the 8 sign patterns only +++ and --- reach
+        // |sum| = 6, so p = 2/8 (worked by hand).
+        let d = [1.0, 2.0, 3.0];
+        let sum = |f: &[bool]| Some(d.iter().zip(f).map(|(x, s)| if *s { -x } else { *x }).sum());
+        assert_eq!(sign_flip_test(&mut rng, 3, 2000, sum), Some(0.25));
+        // One item: a difference can never be told from a swap.
+        assert_eq!(
+            sign_flip_test(&mut rng, 1, 2000, |f| Some(if f[0] { -1.0 } else { 1.0 })),
+            Some(1.0)
+        );
+        // Many items: Monte Carlo; 40 positive differences of 1 give p = 1/2001.
+        let p = sign_flip_test(&mut rng, 40, 2000, |f| {
+            Some(f.iter().map(|s| if *s { -1.0 } else { 1.0 }).sum())
+        })
+        .unwrap();
+        assert!((p - 1.0 / 2001.0).abs() < 1e-12, "{p}");
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub mod truth;
 
 pub use extract::{extract, parse_answer, AnswerFacts, Extraction, Finding, SizeWord};
 pub use score::{
-    item_counts, paired_test, Counts, Estimate, FindingsOptions, FindingsReport, Metric,
-    PairedComparison, PairedReport, Scored, StudyScore, SubsetFindings,
+    format_estimate, format_p, item_counts, paired_test, Counts, Estimate, FindingsOptions,
+    FindingsReport, Metric, PairedComparison, PairedReport, Scored, StudyScore, SubsetFindings,
 };
 pub use truth::{
     item_of, items_from_rows, load_phantom_truth, GroundTruth, Item, ItemKind, StudyFacts, Subset,

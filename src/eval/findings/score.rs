@@ -435,8 +435,12 @@ pub struct PairedComparison {
     pub studies: usize,
     pub a: Option<f64>,
     pub b: Option<f64>,
-    /// Paired bootstrap of A − B over studies.
+    /// Paired bootstrap of A − B over studies (interval and p-value).
     pub bootstrap: Option<PairedBootstrap>,
+    /// Two-sided p-value of the paired sign-flip test over studies (each
+    /// study's A and B counts swapped at random; exact for up to 10 studies).
+    /// Valid with few studies, where the bootstrap p-value is too small.
+    pub sign_flip_p: Option<f64>,
     /// Exact McNemar on the items both methods answered, where the metric
     /// is a per-item yes/no outcome (denominator 1 on every item).
     pub mcnemar: Option<McNemar>,
@@ -483,7 +487,8 @@ fn binary_outcomes(
 
 /// Paired test of method A against method B, scored on the same items: for
 /// every subset and metric, the paired bootstrap of A − B over the studies
-/// both have (the same resampled studies for both), and the exact McNemar
+/// both have (the same resampled studies for both), the paired sign-flip
+/// test over those studies, and the exact McNemar
 /// test where the metric is a yes/no outcome per item (closed-VQA accuracy,
 /// hallucination, omission, misdiagnosis, recall, "yes" rate). For rates
 /// where lower is better, "correct" in McNemar's counts means the event
@@ -527,12 +532,30 @@ pub fn paired_test(a: &Scored, b: &Scored, opts: &FindingsOptions) -> Result<Pai
                 })
                 .collect()
         };
+        let mut rng = rng_for(opts.seed, &format!("findings/sign-flip/{}", subset.name()));
+        let (patterns, exact) = stats::sign_flip_patterns(&mut rng, pairs.len(), opts.bootstrap);
+        let flipped: Vec<(Counts, Counts)> = patterns
+            .iter()
+            .map(|flip| {
+                let (mut x, mut y) = (Counts::default(), Counts::default());
+                for ((a, b), f) in pairs.iter().zip(flip) {
+                    let (a, b) = if *f { (b, a) } else { (a, b) };
+                    x.add(a);
+                    y.add(b);
+                }
+                (x, y)
+            })
+            .collect();
         for metric in Metric::ALL {
             let (va, vb) = (metric.value(&ta), metric.value(&tb));
             let diff = |x: &Counts, y: &Counts| Some(metric.value(x)? - metric.value(y)?);
             let bootstrap = diff(&ta, &tb).map(|d| {
                 let reps: Vec<Option<f64>> = boot.iter().map(|(x, y)| diff(x, y)).collect();
                 PairedBootstrap::from_replicates(d, &reps, opts.confidence)
+            });
+            let sign_flip_p = diff(&ta, &tb).map(|d| {
+                let reps: Vec<Option<f64>> = flipped.iter().map(|(x, y)| diff(x, y)).collect();
+                stats::sign_flip_p(d, &reps, exact)
             });
             let mcnemar =
                 binary_outcomes(metric, &sa, &b_by).map(|(xa, xb)| stats::mcnemar_paired(&xa, &xb));
@@ -543,6 +566,7 @@ pub fn paired_test(a: &Scored, b: &Scored, opts: &FindingsOptions) -> Result<Pai
                 a: va,
                 b: vb,
                 bootstrap,
+                sign_flip_p,
                 mcnemar,
             });
         }
@@ -565,7 +589,7 @@ impl PairedReport {
     /// defined), naming the methods `a` and `b`.
     pub fn to_markdown(&self, a: &str, b: &str) -> String {
         let mut s = format!(
-            "| subset | metric | {a} | {b} | {a} − {b} [{:.0}% CI] | p (paired bootstrap) | McNemar ({a} only / {b} only, p) |\n|---|---|---|---|---|---|---|\n",
+            "| subset | metric | {a} | {b} | {a} − {b} [{:.0}% CI] | p (sign-flip) | p (paired bootstrap) | McNemar ({a} only / {b} only, p) |\n|---|---|---|---|---|---|---|---|\n",
             self.options.confidence * 100.0
         );
         let pct = |v: Option<f64>| v.map(|x| format!("{:.1}", x * 100.0)).unwrap_or("–".into());
@@ -580,17 +604,20 @@ impl PairedReport {
                 .map(|m| format!("{} / {}, p={}", m.a_only, m.b_only, format_p(m.p_value)))
                 .unwrap_or_else(|| "–".into());
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {:+.1}{ci} | {} | {mc} |\n",
+                "| {} | {} | {} | {} | {:+.1}{ci} | {} | {} | {mc} |\n",
                 c.subset.name(),
                 c.metric.label(),
                 pct(c.a),
                 pct(c.b),
                 bs.diff * 100.0,
+                c.sign_flip_p.map(format_p).unwrap_or_else(|| "–".into()),
                 format_p(bs.p_value),
             ));
         }
         s.push_str(&format!(
-            "\nTwo-sided p-values; the bootstrap resamples studies ({} resamples, seed {}).\n",
+            "\nTwo-sided p-values. Sign-flip: A's and B's outcomes swapped per study at random (exact \
+             for up to 10 studies); the bootstrap resamples studies ({} resamples, seed {}), and its \
+             p-value is too small when there are few studies; McNemar counts items.\n",
             self.options.bootstrap, self.options.seed
         ));
         s
@@ -603,5 +630,50 @@ pub fn format_p(p: f64) -> String {
         "< 0.001".into()
     } else {
         format!("{p:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::phantom::FindingKind;
+    use crate::eval::findings::Finding;
+
+    fn one_study(correct: bool) -> Scored {
+        let facts = StudyFacts {
+            id: "s".into(),
+            finding: Some(Finding::new(FindingKind::Cardiomegaly, None, None, None)),
+            lesion_area: 0.01,
+        };
+        let item = Item {
+            id: "q".into(),
+            study: "s".into(),
+            kind: ItemKind::Closed {
+                reference: true,
+                about_abnormality: true,
+            },
+            prediction: if correct { "Yes" } else { "No" }.into(),
+        };
+        let truth: GroundTruth = [("s".to_string(), facts)].into();
+        Scored::new(&truth, &[item]).unwrap()
+    }
+
+    #[test]
+    fn with_one_study_only_the_bootstrap_p_claims_a_difference() {
+        let opts = FindingsOptions::default();
+        let r = paired_test(&one_study(true), &one_study(false), &opts).unwrap();
+        let c = r.get(Subset::Subtle, Metric::ClosedAccuracy).unwrap();
+        assert_eq!((c.a, c.b, c.studies), (Some(1.0), Some(0.0), 1));
+        // Every resample of one study repeats it: the bootstrap sees +100 points always.
+        assert!(c.bootstrap.unwrap().p_value < 0.001);
+        // Swapping A and B on the only study gives -100: |d| reached in 2 of 2 patterns.
+        assert_eq!(c.sign_flip_p, Some(1.0));
+        let m = c.mcnemar.unwrap();
+        assert_eq!((m.a_only, m.b_only, m.p_value), (1, 0, 1.0));
+        assert!(r
+            .get(Subset::Normal, Metric::ClosedAccuracy)
+            .unwrap()
+            .bootstrap
+            .is_none());
     }
 }
