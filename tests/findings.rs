@@ -367,7 +367,7 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
     );
     assert_eq!(metric(&ja, "normal", "finding_recall"), (None, 0));
 
-    let o = hdpo(&[
+    let paired_json = [
         "eval",
         "findings",
         "--predictions",
@@ -379,7 +379,8 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
         a.to_str().unwrap(),
         "--seed",
         "9",
-    ]);
+    ];
+    let o = hdpo(&paired_json);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out_b = o.stdout.clone();
     let jb: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -463,19 +464,7 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
     );
 
     // Seeded: the same seed gives the same output.
-    let again = hdpo(&[
-        "eval",
-        "findings",
-        "--predictions",
-        b.to_str().unwrap(),
-        "--data",
-        data,
-        "--json",
-        "--against",
-        a.to_str().unwrap(),
-        "--seed",
-        "9",
-    ]);
+    let again = hdpo(&paired_json);
     assert_eq!(again.stdout, out_b);
 }
 

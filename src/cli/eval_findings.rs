@@ -6,12 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::Value;
 
 use hdpo::data::load::{load, LoadOptions};
 use hdpo::data::{DatasetFormat, Sample};
 use hdpo::eval::findings::{self, FindingsOptions, FindingsReport, Scored};
-use hdpo::eval::metrics;
 
 /// `hdpo eval findings`.
 #[derive(Args, Debug)]
@@ -46,21 +44,12 @@ pub struct FindingsArgs {
     pub json: bool,
 }
 
-fn rows_of(path: &Path) -> Result<Vec<(String, Option<String>, String)>> {
-    let rows = metrics::read_vqa_rows(path)?;
+fn rows_of(path: &Path) -> Result<Vec<findings::PredictionRef>> {
+    let rows = findings::read_prediction_rows(path)?;
     if rows.is_empty() {
         bail!("{}: no rows to score", path.display());
     }
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            let id = match r.id {
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            (id, r.answer_type, r.prediction)
-        })
-        .collect())
+    Ok(rows)
 }
 
 fn phantom_samples(dir: &Path) -> Result<Vec<Sample>> {

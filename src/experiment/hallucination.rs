@@ -22,7 +22,6 @@ use crate::eval::findings::{
     self, format_p, FindingsOptions, FindingsReport, GroundTruth, Item, Metric, PairedReport,
     Scored, Subset,
 };
-use crate::eval::metrics;
 use crate::util::fsio::{atomic_write, write_json_atomic};
 
 /// One cell's metrics.
@@ -64,16 +63,7 @@ fn cell_items(dir: &Path, datasets: &[&DatasetData]) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for d in datasets {
         let path = dir.join(format!("predictions_{}.jsonl", slug(&d.spec.label)));
-        let rows: Vec<(String, Option<String>, String)> = metrics::read_vqa_rows(&path)?
-            .into_iter()
-            .map(|r| {
-                let id = match r.id {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (id, r.answer_type, r.prediction)
-            })
-            .collect();
+        let rows = findings::read_prediction_rows(&path)?;
         items.extend(findings::items_from_rows(
             &d.test,
             &rows,

@@ -10,9 +10,10 @@
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! use hdpo::eval::findings::{self, FindingsOptions, FindingsReport, Scored};
-//! # let (dir, samples, rows_a, rows_b): (std::path::PathBuf, Vec<hdpo::data::Sample>,
-//! #     Vec<(String, Option<String>, String)>, Vec<(String, Option<String>, String)>) = todo!();
+//! # let (dir, samples): (std::path::PathBuf, Vec<hdpo::data::Sample>) = todo!();
 //! let (truth, threshold) = findings::load_phantom_truth(&dir)?;
+//! let rows_a = findings::read_prediction_rows(&dir.join("hdpo.jsonl"))?;
+//! let rows_b = findings::read_prediction_rows(&dir.join("dpo.jsonl"))?;
 //! let opts = FindingsOptions { subtle_threshold: threshold, ..Default::default() };
 //! let a = Scored::new(&truth, &findings::items_from_rows(&samples, &rows_a, "A")?)?;
 //! let b = Scored::new(&truth, &findings::items_from_rows(&samples, &rows_b, "B")?)?;
@@ -31,5 +32,6 @@ pub use score::{
     FindingsReport, Metric, PairedComparison, PairedReport, Scored, StudyScore, SubsetFindings,
 };
 pub use truth::{
-    item_of, items_from_rows, load_phantom_truth, GroundTruth, Item, ItemKind, StudyFacts, Subset,
+    item_of, items_from_rows, load_phantom_truth, read_prediction_rows, GroundTruth, Item,
+    ItemKind, PredictionRef, StudyFacts, Subset,
 };

@@ -184,12 +184,32 @@ pub fn item_of(s: &Sample, prediction: &str) -> Result<Item> {
     })
 }
 
+/// A prediction row as [`items_from_rows`] takes it: (id, answer type if the
+/// row gives one, prediction).
+pub type PredictionRef = (String, Option<String>, String);
+
+/// The rows of a prediction file (JSONL, the rows `hdpo predict` writes);
+/// numeric ids become their decimal text. Bad rows fail naming file, line
+/// and field.
+pub fn read_prediction_rows(path: &Path) -> Result<Vec<PredictionRef>> {
+    Ok(crate::eval::metrics::read_vqa_rows(path)?
+        .into_iter()
+        .map(|r| {
+            let id = match r.id {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (id, r.answer_type, r.prediction)
+        })
+        .collect())
+}
+
 /// Items from prediction rows `(id, answer_type, prediction)` (the rows
 /// `hdpo predict` writes), matched to `samples` by id (and by answer type
 /// where the row gives one). `source` names the rows in errors.
 pub fn items_from_rows(
     samples: &[Sample],
-    rows: &[(String, Option<String>, String)],
+    rows: &[PredictionRef],
     source: &str,
 ) -> Result<Vec<Item>> {
     let mut by_id: HashMap<&str, Vec<&Sample>> = HashMap::new();
