@@ -248,6 +248,20 @@ fn hdpo(args: &[&str]) -> std::process::Output {
         .expect("run hdpo")
 }
 
+/// `hdpo eval findings --predictions PRED --data DATA EXTRA...`.
+fn eval_findings(pred: &Path, data: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "eval",
+        "findings",
+        "--predictions",
+        pred.to_str().unwrap(),
+        "--data",
+        data,
+    ];
+    args.extend_from_slice(extra);
+    hdpo(&args)
+}
+
 fn metric(j: &Value, subset: &str, metric: &str) -> (Option<f64>, u64) {
     let s = j["report"]["subsets"]
         .as_array()
@@ -338,15 +352,7 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
         },
     );
     let data = dir.to_str().unwrap();
-    let o = hdpo(&[
-        "eval",
-        "findings",
-        "--predictions",
-        a.to_str().unwrap(),
-        "--data",
-        data,
-        "--json",
-    ]);
+    let o = eval_findings(&a, data, &["--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let ja: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
@@ -367,20 +373,8 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
     );
     assert_eq!(metric(&ja, "normal", "finding_recall"), (None, 0));
 
-    let paired_json = [
-        "eval",
-        "findings",
-        "--predictions",
-        b.to_str().unwrap(),
-        "--data",
-        data,
-        "--json",
-        "--against",
-        a.to_str().unwrap(),
-        "--seed",
-        "9",
-    ];
-    let o = hdpo(&paired_json);
+    let paired_json = ["--json", "--against", a.to_str().unwrap(), "--seed", "9"];
+    let o = eval_findings(&b, data, &paired_json);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out_b = o.stdout.clone();
     let jb: Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -427,23 +421,15 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
         "{p}"
     );
     assert!(cmp["bootstrap"]["p_value"].as_f64().unwrap() < 0.05);
-    // Every normal study has a question B got wrong: no random swap of A and
-    // B per study reaches the observed difference but the identity, p = 1/2001.
+    // Every normal study has a question B got wrong, so only swapping A and B
+    // on no study or on all of them reaches |A − B|; none of the 2000 random
+    // patterns does (16 studies): p = (0 + 1) / (2000 + 1).
     let flip = cmp["sign_flip_p"].as_f64().unwrap();
     assert!((flip - 1.0 / 2001.0).abs() < 1e-12, "{flip}");
     assert!(cmp["bootstrap"]["diff"].as_f64().unwrap() < 0.0);
 
     // The table: five subsets, intervals, n per cell, and the paired table.
-    let o = hdpo(&[
-        "eval",
-        "findings",
-        "--predictions",
-        b.to_str().unwrap(),
-        "--data",
-        data,
-        "--against",
-        a.to_str().unwrap(),
-    ]);
+    let o = eval_findings(&b, data, &["--against", a.to_str().unwrap()]);
     assert!(o.status.success());
     let table = String::from_utf8_lossy(&o.stdout);
     for s in [
@@ -464,7 +450,7 @@ fn eval_findings_cli_scores_known_outcomes_and_tests_pairs() {
     );
 
     // Seeded: the same seed gives the same output.
-    let again = hdpo(&paired_json);
+    let again = eval_findings(&b, data, &paired_json);
     assert_eq!(again.stdout, out_b);
 }
 
@@ -478,14 +464,7 @@ fn eval_findings_names_the_bad_row() {
          {\"id\":\"nope\",\"reference\":\"x\",\"prediction\":\"x\",\"answer_type\":\"report\"}\n",
     )
     .unwrap();
-    let o = hdpo(&[
-        "eval",
-        "findings",
-        "--predictions",
-        p.to_str().unwrap(),
-        "--data",
-        dir.to_str().unwrap(),
-    ]);
+    let o = eval_findings(&p, dir.to_str().unwrap(), &[]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
