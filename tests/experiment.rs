@@ -552,6 +552,36 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
         assert!(n > 0 && h <= n, "{a}");
         assert_eq!(a["dataset"], "Phantom reports");
     }
+    // The hallucination section: every cell scored against the ground truth
+    // (one report per test report row), HDPO paired with the other methods.
+    assert!(md.contains("Hallucination against the phantom's ground truth"));
+    assert!(md.contains("HDPO against each method from the same start"));
+    let h = &doc["hallucination"];
+    assert_eq!(h["cells"].as_array().unwrap().len(), n_cells);
+    for c in h["cells"].as_array().unwrap() {
+        let key = c["cell"].as_str().unwrap();
+        let preds = dir
+            .path()
+            .join("cells")
+            .join(key)
+            .join("predictions_phantom_reports.jsonl");
+        let reports = std::fs::read_to_string(&preds).unwrap().lines().count();
+        let all = &c["report"]["subsets"][0];
+        assert_eq!(all["subset"], "all");
+        let halluc = all["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == "hallucination_rate")
+            .unwrap();
+        assert_eq!(halluc["n"].as_u64().unwrap() as usize, reports, "{key}");
+    }
+    let pairs = h["comparisons"].as_array().unwrap();
+    assert!(!pairs.is_empty());
+    for p in pairs {
+        assert!(p["a"] == "hdpo" || p["a"] == "sft+hdpo", "{p}");
+    }
+    assert!(pairs.iter().any(|p| p["a"] == "hdpo" && p["b"] == "mdpo"));
     assert!(dir.path().join("plots/training_curves.png").is_file());
     assert!(dir.path().join("plots/metric_closed.png").is_file());
     let run: serde_json::Value =

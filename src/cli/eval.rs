@@ -16,6 +16,8 @@ pub enum EvalCmd {
     Report(ReportArgs),
     /// Med-VQA metrics (LLaVA-Med, strict and CARES variants).
     Vqa(VqaArgs),
+    /// Hallucination metrics against the phantom's ground truth, with 95% intervals and paired tests.
+    Findings(super::eval_findings::FindingsArgs),
     /// Extract and index METEOR's tables from pycocoevalcap (its meteor/ folder or its wheel).
     MeteorData(MeteorDataArgs),
 }
@@ -79,6 +81,7 @@ pub fn run(cmd: EvalCmd) -> Result<()> {
     match cmd {
         EvalCmd::Report(a) => report(a),
         EvalCmd::Vqa(a) => vqa(a),
+        EvalCmd::Findings(a) => super::eval_findings::run(a),
         EvalCmd::MeteorData(a) => meteor_data(a),
     }
 }

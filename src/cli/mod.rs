@@ -9,6 +9,7 @@ pub mod curate;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod eval_findings;
 pub mod experiment;
 pub mod init_model;
 pub mod model;

@@ -13,6 +13,7 @@
 pub mod baselines;
 pub mod config;
 pub mod grid;
+pub mod hallucination;
 pub mod pieces;
 pub mod pipeline;
 pub mod report;

@@ -249,6 +249,19 @@ pub fn run(cfg: &ExperimentConfig, run_dir: &Path, progress: &dyn Progress) -> R
             Ok((f, s))
         },
     )?;
+    if phantom {
+        let opts = crate::eval::findings::FindingsOptions {
+            subtle_threshold: cfg.data.subtle_threshold,
+            seed: cfg.seed,
+            ..Default::default()
+        };
+        let cells: Vec<Cell> = outcome.results.iter().map(|r| r.cell.clone()).collect();
+        let doc =
+            super::hallucination::compute(&cells, |c| cache.cell_dir(c), &prep.datasets, &opts)?;
+        if let Some(doc) = doc {
+            doc.append_to(&files)?;
+        }
+    }
     let tables_markdown = std::fs::read_to_string(&files.tables_md)?;
     let record = RunRecord {
         name: cfg.name.clone(),

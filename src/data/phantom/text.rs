@@ -208,8 +208,9 @@ const IMPRESSION_NORMAL: &[&str] = &[
     "No acute cardiopulmonary abnormality.",
     "No acute cardiopulmonary process.",
 ];
-/// Negative statements and the kinds they mention.
-const NEGATIVES: &[(&str, &[FindingKind])] = &[
+/// Negative statements and the kinds they mention (public so that the
+/// finding extractor's round-trip test knows what each report negates).
+pub const NEGATIVES: &[(&str, &[FindingKind])] = &[
     (
         "No pleural effusion or pneumothorax.",
         &[FindingKind::PleuralEffusion, FindingKind::Pneumothorax],
