@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use hdpo::encode::gradcam::gradcam;
+use hdpo::encode::rollout::{attention_rollout, rollout};
 use hdpo::encode::{
     self, bert, load_bert_dir, load_vit_dir, preprocess, tokenizer, DualEncoder, LoadOptions,
     Normalize, VisionTower,
 };
-use hdpo::heatmap::gradcam::gradcam;
 use hdpo::heatmap::pool::{patch_weights, weighted_embedding};
 use hdpo::heatmap::region::{salient_region, Connectivity, RegionOptions, Threshold};
-use hdpo::heatmap::rollout::{attention_rollout, rollout};
 use hdpo::heatmap::{Heatmap, HeatmapSource, SampleView};
 
 mod common;
@@ -533,7 +533,7 @@ fn gradcam_source_upsamples_the_patch_cam() {
     let t = enc.embed_texts(&[text]).unwrap().squeeze(0).unwrap();
     let out = gradcam(&enc, &img, &t, None).unwrap();
     assert_eq!(out.layer, 2);
-    let src = hdpo::heatmap::gradcam::GradCamSource {
+    let src = hdpo::encode::gradcam::GradCamSource {
         encoder: enc.clone(),
         layer: None,
     };
@@ -583,7 +583,7 @@ fn rollout_of_constructed_attention_and_on_tiny_vit() {
     assert!(cam.iter().all(|v| *v > 0.0));
     // CLS keeps at least half of its own mass through each of 2 layers (>= 1/4), so patches get < 3/4.
     assert!(total > 0.0 && total < 0.75 + 1e-5, "patch mass {total}");
-    let src = hdpo::heatmap::rollout::RolloutSource {
+    let src = hdpo::encode::rollout::RolloutSource {
         encoder: std::sync::Arc::new(enc),
     };
     let h = src

@@ -192,7 +192,7 @@ pub fn run(args: AlignArgs) -> Result<()> {
         region_weight: args.region_weight,
         ..AlignConfig::default()
     };
-    let bar = crate::cli::progress::bar(cfg.epochs as u64, "align");
+    let bar = hdpo::util::progress::bar(cfg.epochs as u64, "align");
     let report = align_with_progress(pairs, &cfg, &args.out, &mut |e, loss| {
         bar.set_message(format!("epoch {} loss {loss:.4}", e + 1));
         bar.inc(1);

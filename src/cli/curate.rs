@@ -122,7 +122,7 @@ pub fn run(a: CurateArgs) -> Result<()> {
     cfg.region.dilate_px = a.dilate;
     let samples = loaded.samples;
     let n = hdpo::curate::run::shard_range(samples.len(), cfg.shard).len();
-    let bar = crate::cli::progress::bar(n as u64, "curate");
+    let bar = hdpo::util::progress::bar(n as u64, "curate");
     let summary = run_with_progress(
         &cfg,
         &samples,

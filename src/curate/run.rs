@@ -43,6 +43,7 @@ use crate::heatmap::pool::check_heatmap;
 use crate::heatmap::region::{RegionOptions, Threshold};
 use crate::heatmap::{Heatmap, HeatmapSource, SampleView};
 use crate::util::fsio::atomic_write;
+use crate::util::render::png_bytes;
 
 /// The prompt of report samples (they have no question).
 pub const DEFAULT_REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
@@ -381,16 +382,6 @@ fn store_image(src: &Path, dst: &Path) -> Result<()> {
     atomic_write(dst, &bytes)
 }
 
-/// Encode an RGB image as PNG bytes.
-pub fn png_bytes(img: &image::RgbImage) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    Ok(bytes)
-}
-
 /// What one sample produced.
 struct SampleOutput {
     records: Vec<PairRecord>,
@@ -538,10 +529,8 @@ pub fn heatmap_source_from_spec(
     data_dir: &Path,
     encoder: &std::sync::Arc<DualEncoder>,
 ) -> Result<Box<dyn HeatmapSource>> {
-    use crate::heatmap::{
-        file::FileSource, gradcam::GradCamSource, mask::MaskSource, rollout::RolloutSource,
-        uniform::UniformSource,
-    };
+    use crate::encode::{gradcam::GradCamSource, rollout::RolloutSource};
+    use crate::heatmap::{file::FileSource, mask::MaskSource, uniform::UniformSource};
     let (name, arg) = match spec.split_once(':') {
         Some((n, a)) => (n, Some(a)),
         None => (spec, None),

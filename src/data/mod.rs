@@ -12,6 +12,7 @@ pub mod load;
 pub mod pairs;
 pub mod phantom;
 pub mod r2gen;
+pub mod reader;
 pub mod rule;
 pub mod slake;
 pub mod vqa_rad;

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, Rec};
+use super::reader::{kind_of, Rec};
 use super::RecordError;
 use crate::util::fsio::{atomic_write_with, resolve_in_root};
 

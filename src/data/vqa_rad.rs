@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
+use super::reader::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
 use super::{AnswerType, RecordError, Sample, Split};
 
 /// The name of the official QA file.

@@ -18,11 +18,15 @@
 //! no shared space until `hdpo align` learns the projections.
 
 pub mod align;
+pub mod align_pairs;
 pub mod bert;
 pub mod clip_text;
+pub mod contrastive;
+pub mod gradcam;
 pub mod nn;
 pub mod preprocess;
 pub mod region_align;
+pub mod rollout;
 pub mod tokenizer;
 pub mod vit;
 
@@ -514,4 +518,23 @@ pub fn load_bert_dir(dir: &Path, opts: &LoadOptions) -> Result<BertTower> {
     let vb = load_weights(&weights_file(dir)?, opts)?;
     BertTower::load(&vb, &tcfg)
         .with_context(|| format!("loading BERT checkpoint {}", dir.display()))
+}
+
+/// Eq. 2-3 end to end: the heatmap-weighted image embedding v `[D]` of one
+/// preprocessed image (`[3, S, S]` or `[1, 3, S, S]`) under `enc`.
+pub fn heatmap_embedding(
+    enc: &DualEncoder,
+    image: &Tensor,
+    h: &crate::heatmap::Heatmap,
+    id: &str,
+) -> Result<Tensor> {
+    let image = if image.rank() == 3 {
+        image.unsqueeze(0)?
+    } else {
+        image.clone()
+    };
+    let (patches, grid) = enc.embed_patches(&image)?;
+    let s = enc.image_size();
+    let w = crate::heatmap::pool::patch_weights(h, id, (s, s), grid)?;
+    crate::heatmap::pool::weighted_embedding(&w, &patches.squeeze(0)?)
 }

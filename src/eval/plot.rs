@@ -3,30 +3,12 @@
 //! RGB buffer, encoded with `image`, written atomically.
 
 use std::path::Path;
-use std::sync::Once;
 
 use anyhow::{anyhow, bail, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// The bundled font (DejaVu Sans Mono, Bitstream Vera licence: `assets/fonts/DejaVu-LICENSE.txt`).
-/// `plotters` draws text only with a registered font; embedding one keeps the
-/// plots identical on every machine and needs no system font library.
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-/// The family name the bundled font is registered under (also used by `curate::preview`).
-pub(crate) const FONT_NAME: &str = "sans-serif";
-
-/// Register the bundled font with `plotters` (once per process).
-pub(crate) fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The font is compiled in; if it failed to parse, text would be missing
-        // but the plot would still be drawn, so the error is only logged.
-        if plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_err() {
-            tracing::warn!("could not register the bundled plot font");
-        }
-    });
-}
+use crate::util::render::{register_font, FONT_NAME};
 
 /// One line of a line chart.
 #[derive(Clone, Debug)]

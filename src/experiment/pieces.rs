@@ -11,13 +11,24 @@ use anyhow::{Context, Result};
 use candle_core::Var;
 
 use super::config::ExperimentConfig;
-use super::pipeline::DatasetData;
-use super::report::Task;
+use super::report::{DatasetSpec, Task};
 use crate::data::Sample;
 use crate::encode::DualEncoder;
 use crate::model::policy::LlavaPolicy;
 use crate::model::{ChatTemplate, GenerateOptions, LlavaModel, TextTokenizer};
 use crate::train::{Nll, PreferencePair, PreferencePolicy, SeqItem, SftExample, SftPolicy};
+
+/// One dataset with its splits.
+#[derive(Clone, Debug)]
+pub struct DatasetData {
+    pub spec: DatasetSpec,
+    pub train: Vec<Sample>,
+    pub test: Vec<Sample>,
+    /// The dataset's folder (image paths in pair files are relative to it).
+    pub root: PathBuf,
+    /// DAug-style heatmap folder (`{id}_{class}.npy`), when there is one.
+    pub heatmaps: Option<PathBuf>,
+}
 
 pub use crate::model::predict::PredictionRow;
 

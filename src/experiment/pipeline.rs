@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::baselines::{self, BuildContext, ImageTextScore, Responder};
 use super::config::ExperimentConfig;
 use super::grid::{self, Cell, CellCache, CellResult, CurvePoint, Variant};
-use super::pieces;
+use super::pieces::{self, DatasetData};
 use super::report::{self, add_primary, DatasetSpec, Task, PROBE};
 use super::tiny;
 use crate::data::pairs::PairRecord;
@@ -53,18 +53,6 @@ impl Progress for LogProgress {
     fn done(&self, name: &str, summary: &str, seconds: f64) {
         tracing::info!("{name}: {summary} ({seconds:.1} s)");
     }
-}
-
-/// One dataset with its splits.
-#[derive(Clone, Debug)]
-pub struct DatasetData {
-    pub spec: DatasetSpec,
-    pub train: Vec<Sample>,
-    pub test: Vec<Sample>,
-    /// The dataset's folder (image paths in pair files are relative to it).
-    pub root: PathBuf,
-    /// DAug-style heatmap folder (`{id}_{class}.npy`), when there is one.
-    pub heatmaps: Option<PathBuf>,
 }
 
 /// The record of a run (`run.json`).

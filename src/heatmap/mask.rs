@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 
 use super::source::{HeatmapSource, SampleView};
 use super::{Heatmap, LesionMask};
+use crate::util::blur::gaussian_blur;
 
 /// Heatmaps from the samples' lesion-mask files (any non-zero pixel is lesion).
 #[derive(Clone, Debug, Default)]
@@ -65,36 +66,4 @@ pub fn mask_heatmap(mask: &LesionMask, sigma: Option<f32>, id: &str) -> Result<H
         data = gaussian_blur(&data, mask.height, mask.width, s);
     }
     Heatmap::new(mask.height, mask.width, data).with_context(|| format!("sample {id}"))
-}
-
-/// Separable Gaussian blur (kernel radius ceil(3σ), normalised), edges clamped.
-pub fn gaussian_blur(src: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
-    let r = ((3.0 * sigma).ceil() as isize).clamp(1, h.max(w) as isize);
-    let k: Vec<f32> = (-r..=r)
-        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let sum: f32 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
-    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
-    let mut tmp = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| kv * src[y * w + clamp(x as isize + j as isize - r, w)])
-                .sum();
-        }
-    }
-    let mut out = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| kv * tmp[clamp(y as isize + j as isize - r, h) * w + x])
-                .sum();
-        }
-    }
-    out
 }

@@ -3,13 +3,11 @@
 //! the salient region Ω*.
 
 pub mod file;
-pub mod gradcam;
 pub mod io;
 pub mod mask;
 pub mod pool;
 pub mod region;
 pub mod resize;
-pub mod rollout;
 pub mod source;
 pub mod uniform;
 

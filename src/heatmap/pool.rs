@@ -83,22 +83,3 @@ pub fn weighted_embedding(weights: &[f32], patches: &Tensor) -> Result<Tensor> {
     let w = Tensor::from_slice(weights, (1, n), patches.device())?.to_dtype(patches.dtype())?;
     Ok(w.matmul(patches)?.squeeze(0)?)
 }
-
-/// Eq. 2-3 end to end: the heatmap-weighted image embedding v `[D]` of one
-/// preprocessed image (`[3, S, S]` or `[1, 3, S, S]`) under `enc`.
-pub fn heatmap_embedding(
-    enc: &crate::encode::DualEncoder,
-    image: &Tensor,
-    h: &Heatmap,
-    id: &str,
-) -> Result<Tensor> {
-    let image = if image.rank() == 3 {
-        image.unsqueeze(0)?
-    } else {
-        image.clone()
-    };
-    let (patches, grid) = enc.embed_patches(&image)?;
-    let s = enc.image_size();
-    let w = patch_weights(h, id, (s, s), grid)?;
-    weighted_embedding(&w, &patches.squeeze(0)?)
-}

@@ -240,7 +240,7 @@ pub fn predict_to_file(
 
 fn bar(len: u64, show: bool) -> indicatif::ProgressBar {
     if show {
-        crate::train::progress_bar(len, "predict")
+        crate::util::progress::bar(len, "predict")
     } else {
         indicatif::ProgressBar::hidden()
     }

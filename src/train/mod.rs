@@ -133,23 +133,3 @@ pub fn peak_rss_bytes() -> Option<u64> {
         .ok()?;
     Some(kb * 1024)
 }
-
-/// A progress bar for the training loops (the library cannot reach the
-/// binary's `cli::progress`; same look, hidden when stderr is not a terminal
-/// unless `HDPO_PROGRESS=1`).
-pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let pb = ProgressBar::new(len);
-    if std::env::var_os("HDPO_PROGRESS").is_none()
-        && !std::io::IsTerminal::is_terminal(&std::io::stderr())
-    {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_prefix(what.to_string());
-    pb
-}

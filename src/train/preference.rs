@@ -422,7 +422,7 @@ pub fn evaluate<P: PreferencePolicy + ?Sized>(
             pairs.len()
         );
     }
-    let pb = super::progress_bar(pairs.len() as u64, "evaluate");
+    let pb = crate::util::progress::bar(pairs.len() as u64, "evaluate");
     let mut stats = Vec::with_capacity(pairs.len());
     for (i, p) in pairs.iter().enumerate() {
         let r = match refs {

@@ -1,6 +1,11 @@
-//! Small shared utilities: atomic file output, dataset-root-confined paths, seeding.
+//! The base layer: shared helpers every stage may use and that import no
+//! stage: atomic file output and dataset-root-confined paths, seeding,
+//! progress bars, Gaussian blur, and rendering (font, colour map, PNG).
 
+pub mod blur;
 pub mod fsio;
+pub mod progress;
+pub mod render;
 pub mod seed;
 
 use std::path::PathBuf;

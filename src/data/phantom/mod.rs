@@ -20,6 +20,7 @@ pub mod heatmap;
 pub mod lesion;
 pub mod preview;
 pub mod raster;
+pub mod study;
 pub mod text;
 pub mod writer;
 
