@@ -14,7 +14,7 @@ use hdpo::model::{
     PredictOptions, TargetModules, TextTokenizer,
 };
 use hdpo::train::config::{PreferenceConfig, SftConfig};
-use hdpo::train::{loss_by_name, preference, sft, LoopSummary};
+use hdpo::train::{preference, sft, LoopSummary, Loss, LossType};
 
 /// What to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -343,8 +343,8 @@ fn train_pref(a: TrainArgs) -> Result<()> {
         (None, None) => PreferenceConfig::paper(),
     };
     cfg.loss = match a.kind {
-        TrainKind::Dpo => "dpo".into(),
-        _ => "hdpo".into(),
+        TrainKind::Dpo => LossType::Dpo,
+        _ => LossType::Hdpo,
     };
     if let Some(x) = a.alpha {
         cfg.alpha = x;
@@ -379,14 +379,14 @@ fn train_pref(a: TrainArgs) -> Result<()> {
             );
         }
     }
-    let loss = loss_by_name(&cfg.loss, cfg.alpha)?;
+    let loss = Loss::new(cfg.loss, cfg.alpha)?;
     if a.dry_run {
-        let d = preference::dry_run(&policy, &pairs, loss.as_ref())?;
+        let d = preference::dry_run(&policy, &pairs, &loss)?;
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
     let out = start_run(&a, &cfg)?;
-    let s = preference::train(&policy, &pairs, loss.as_ref(), &cfg, &out)?;
+    let s = preference::train(&policy, &pairs, &loss, &cfg, &out)?;
     finish_run(&a, &model, &out, &s.run, &s)
 }
 

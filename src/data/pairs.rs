@@ -1,4 +1,4 @@
-//! Preference-pair records (DESIGN.md "Pair records"; paper Eq. 7-12 produce
+//! Preference-pair records (`docs/design.md`, "Pair records"; paper Eq. 7-12 produce
 //! them, Eq. 13 consumes them).
 //!
 //! hdpo's own layout is JSON Lines, one [`PairRecord`] per line. Fields

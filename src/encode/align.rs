@@ -1,7 +1,7 @@
 //! `hdpo align`: contrastive alignment of a small dual encoder (a ViT and a
 //! BERT tower, each with a linear projection) on image-text pairs, so that
 //! Eq. 5's cosine between image and text embeddings is meaningful
-//! (DESIGN.md section 2, "One embedding space").
+//! (`docs/design.md`, "One embedding space").
 //!
 //! Loss: symmetric InfoNCE (CLIP), `L = (CE(s·I·Tᵀ, diag) + CE(s·T·Iᵀ, diag)) / 2`
 //! on L2-normalised embeddings, with `s = exp(logit_scale)` learnable (capped

@@ -1,6 +1,6 @@
 //! Dual encoder (paper Eq. 3-5): a ViT image tower and a text tower (BERT or
 //! CLIP's), each with a linear projection into one embedding space
-//! (DESIGN.md section 2, "One embedding space").
+//! (`docs/design.md`, "One embedding space").
 //!
 //! * f_v(p_i) = projection of the final-normed last-layer token of patch i
 //!   ([`DualEncoder::embed_patches`]);

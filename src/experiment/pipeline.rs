@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +30,7 @@ use crate::eval::probe::{lesion_probe, Answerer};
 use crate::eval::subsets::is_subtle_sample;
 use crate::eval::tables::ResultRow;
 use crate::model::{ChatTemplate, LlavaModel, LoraConfig, TargetModules, TextTokenizer};
-use crate::train::{PreferencePair, SeqItem};
+use crate::train::{LossType, PreferencePair, SeqItem};
 use crate::util::fsio::{atomic_write, write_json_atomic};
 use crate::util::seed::rng_for;
 
@@ -785,7 +784,7 @@ fn pairs_for(
     cell: &Cell,
     cache: &CellCache,
     view: &ModelView,
-) -> Result<(Vec<PreferencePair>, String)> {
+) -> Result<(Vec<PreferencePair>, LossType)> {
     let m = cell.method.as_str();
     if m == "dpo" || m == "hdpo" {
         let source = match &cell.variant {
@@ -806,10 +805,14 @@ fn pairs_for(
                 .map(Variant::label)
                 .unwrap_or_default()
         );
-        let loss = if m == "dpo" { "dpo" } else { "hdpo" };
+        let loss = if m == "dpo" {
+            LossType::Dpo
+        } else {
+            LossType::Hdpo
+        };
         return Ok((
             subset(pairs, p.cfg.preference.max_pairs, p.cfg.seed, &label),
-            loss.into(),
+            loss,
         ));
     }
     let builder = baselines::by_name(m)?;
@@ -842,7 +845,7 @@ fn pairs_for(
     let pairs = to_pairs(&pair_file, &records)?;
     Ok((
         subset(pairs, p.cfg.preference.max_pairs, p.cfg.seed, m),
-        builder.loss().into(),
+        builder.loss(),
     ))
 }
 
@@ -871,7 +874,7 @@ fn compute_cell(p: &Prepared, cell: &Cell, cache: &CellCache) -> Result<CellResu
             std::fs::remove_dir_all(&run)?;
         }
         let pcfg = crate::train::PreferenceConfig {
-            loss: loss.clone(),
+            loss,
             alpha: cfg.preference.alpha,
             run: stage_run(cfg.preference.batch_size, cfg.preference.epochs, cfg.seed),
             optim: stage_optim(cfg.preference.learning_rate),
@@ -972,6 +975,3 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
     }
     Ok(rows)
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Tensor) {}

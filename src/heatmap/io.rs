@@ -6,7 +6,7 @@
 //! * 8- or 16-bit grayscale PNG heatmaps, scaled to `0..=1`.
 //! * Lesion masks from PNG: binary (any non-zero pixel is lesion) or indexed
 //!   like SLAKE's `mask.png` (the chosen label values are lesion), see [`MaskLabels`].
-//! * The subtle-lesion predicate of DESIGN.md: a lesion covering less than
+//! * The subtle-lesion predicate (`docs/design.md`, "Subtle lesions"): a lesion covering less than
 //!   5% of the image ([`SUBTLE_THRESHOLD`], configurable) is subtle.
 //!
 //! Every error names the file.

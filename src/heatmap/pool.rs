@@ -1,5 +1,5 @@
 //! Heatmap to patches (paper Eq. 2) and the heatmap-weighted image embedding
-//! (Eq. 3), as DESIGN.md section 2 fixes them: resize the heatmap to the
+//! (Eq. 3), as `docs/design.md`, "Heatmap to patches" fixes them: resize the heatmap to the
 //! image tower's input size (bilinear), H(p_i) = mean of the heatmap over
 //! patch i, H̃ = H / Σ H.
 

@@ -1,4 +1,5 @@
-//! The salient region Ω* (paper Eq. 8; DESIGN.md section 2): the connected
+//! The salient region Ω* (paper Eq. 8; `docs/design.md`, "Salient region
+//! and false negatives"): the connected
 //! region around the heatmap's peak above a threshold (default 0.5 × max; or
 //! a top quantile), dilated by a few pixels, as a mask at image size.
 

@@ -10,7 +10,7 @@
 //! log π(y|x) = Σ_{t ∈ response ∪ {EOS}} log softmax(logits[t−1])[y_t]
 //! ```
 //!
-//! with the prompt and image tokens masked out (DESIGN.md "Loss"). Each
+//! with the prompt and image tokens masked out (`docs/design.md`, "Loss"). Each
 //! sequence carries its own image, so the chosen and rejected sides of a pair
 //! may show different images (the masked image of HDPO's false-positive and
 //! false-negative pairs). Several sequences go through the model as one

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{OptimConfig, PreferenceConfig, RunConfig, ScheduleKind, SftConfig};
 pub use engine::LoopSummary;
-pub use losses::{by_name as loss_by_name, LossOutput, PairLogps, PreferenceLoss};
+pub use losses::{by_name as loss_by_name, Loss, LossOutput, LossType, PairLogps, PreferenceLoss};
 
 /// One (prompt, response, image) sequence whose response the model scores.
 /// `prompt` is the question only; the model applies its chat template.
@@ -46,7 +46,7 @@ pub struct SeqItem {
 }
 
 /// One preference pair as the trainer needs it (a subset of the pair record
-/// schema in DESIGN.md "Pair records"; chosen and rejected may carry
+/// schema in `docs/design.md`, "Pair records"; chosen and rejected may carry
 /// different images).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PreferencePair {

@@ -284,8 +284,8 @@ pub fn train_from_config<P: PreferencePolicy + ?Sized>(
     config: &PreferenceConfig,
     out_dir: &Path,
 ) -> Result<PreferenceSummary> {
-    let loss = super::losses::by_name(&config.loss, config.alpha)?;
-    train(policy, pairs, loss.as_ref(), config, out_dir)
+    let loss = super::losses::Loss::new(config.loss, config.alpha)?;
+    train(policy, pairs, &loss, config, out_dir)
 }
 
 /// One pair's numbers in a dry run.
