@@ -1385,3 +1385,53 @@ fn align_cli_adds_the_local_alignment_from_dataset_masks() {
         String::from_utf8_lossy(&res.stderr)
     );
 }
+
+/// The option types `hdpo align` / `hdpo curate` parse with live in the
+/// library: their names and their errors.
+#[test]
+fn option_parsers_accept_their_names_and_reject_others() {
+    use hdpo::curate::regions::RegionHeatmapSpec;
+    use hdpo::data::{Split, SplitSelection};
+    let pooling: Vec<encode::TextPooling> = ["mean", "cls", "pooler", "eos"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(
+        pooling,
+        [
+            encode::TextPooling::Mean,
+            encode::TextPooling::Cls,
+            encode::TextPooling::Pooler,
+            encode::TextPooling::Eos
+        ]
+    );
+    let e = "CLS"
+        .parse::<encode::TextPooling>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected mean, cls, pooler or eos"), "{e}");
+    assert_eq!("all".parse::<SplitSelection>().unwrap().split(), None);
+    assert_eq!(
+        "val".parse::<SplitSelection>().unwrap().split(),
+        Some(Split::Val)
+    );
+    assert!("dev".parse::<SplitSelection>().is_err());
+    let data = std::path::Path::new("/data/set");
+    assert_eq!(
+        "mask".parse::<RegionHeatmapSpec>().unwrap(),
+        RegionHeatmapSpec::Masks
+    );
+    assert!(RegionHeatmapSpec::Masks.file_source(data).is_none());
+    let f = "file".parse::<RegionHeatmapSpec>().unwrap();
+    assert_eq!(f.file_source(data).unwrap().dir, data.join("heatmaps"));
+    let f = "file:/h".parse::<RegionHeatmapSpec>().unwrap();
+    assert_eq!(
+        f.file_source(data).unwrap().dir,
+        std::path::PathBuf::from("/h")
+    );
+    let e = "gradcam"
+        .parse::<RegionHeatmapSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected mask or file[:DIR]"), "{e}");
+}

@@ -99,6 +99,38 @@ pub enum Split {
     Test,
 }
 
+/// Which split(s) to use: one, or all of them (`train`, `val`, `test`, `all`
+/// on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitSelection {
+    All,
+    Only(Split),
+}
+
+impl SplitSelection {
+    /// The split to load, `None` for all ([`LoadOptions::split`]).
+    pub fn split(self) -> Option<Split> {
+        match self {
+            SplitSelection::All => None,
+            SplitSelection::Only(s) => Some(s),
+        }
+    }
+}
+
+impl std::str::FromStr for SplitSelection {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "all" => SplitSelection::All,
+            "train" => SplitSelection::Only(Split::Train),
+            "val" => SplitSelection::Only(Split::Val),
+            "test" => SplitSelection::Only(Split::Test),
+            other => anyhow::bail!("split {other:?}: expected train, val, test or all"),
+        })
+    }
+}
+
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -61,6 +61,21 @@ pub enum TextPooling {
     Eos,
 }
 
+impl std::str::FromStr for TextPooling {
+    type Err = anyhow::Error;
+
+    /// `mean`, `cls`, `pooler` or `eos` (the names of the encoder config).
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "mean" => TextPooling::Mean,
+            "cls" => TextPooling::Cls,
+            "pooler" => TextPooling::Pooler,
+            "eos" => TextPooling::Eos,
+            other => bail!("text pooling {other:?}: expected mean, cls, pooler or eos"),
+        })
+    }
+}
+
 /// How the image tower's tokens become one global image vector (used for
 /// contrastive alignment and GradCAM's similarity).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::source::{HeatmapSource, SampleView};
-use super::{Heatmap, LesionMask};
+use super::{Heatmap, HeatmapError, HeatmapFault, LesionMask};
 use crate::util::blur::gaussian_blur;
 
 /// Heatmaps from the samples' lesion-mask files (any non-zero pixel is lesion).
@@ -21,9 +21,12 @@ impl HeatmapSource for MaskSource {
 
     fn heatmap(&self, sample: &SampleView) -> Result<Heatmap> {
         let id = sample.id;
-        let path = sample
-            .mask_path
-            .with_context(|| format!("sample {id}: no lesion mask for the mask heatmap source"))?;
+        let path = sample.mask_path.ok_or_else(|| {
+            HeatmapError::err(
+                HeatmapFault::Missing,
+                format!("sample {id}: no lesion mask for the mask heatmap source"),
+            )
+        })?;
         let mask = read_mask(path).with_context(|| format!("sample {id}"))?;
         mask_heatmap(&mask, self.sigma, id)
     }
@@ -52,7 +55,10 @@ pub fn mask_heatmap(mask: &LesionMask, sigma: Option<f32>, id: &str) -> Result<H
         );
     }
     if !mask.data.iter().any(|b| *b) {
-        bail!("sample {id}: lesion mask has no lesion pixels");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: lesion mask has no lesion pixels"),
+        ));
     }
     let mut data: Vec<f32> = mask
         .data

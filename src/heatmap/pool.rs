@@ -7,18 +7,21 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::resize::resize_bilinear;
-use super::Heatmap;
+use super::{Heatmap, HeatmapError, HeatmapFault};
 
 /// Reject heatmaps that are empty, wrongly sized, negative, non-finite or all
 /// zero, naming the sample `id`.
 pub fn check_heatmap(h: &Heatmap, id: &str) -> Result<()> {
     if h.height == 0 || h.width == 0 || h.data.len() != h.height * h.width {
-        bail!(
-            "sample {id}: heatmap has shape {}x{} but {} values",
-            h.height,
-            h.width,
-            h.data.len()
-        );
+        return Err(HeatmapError::err(
+            HeatmapFault::ShapeMismatch,
+            format!(
+                "sample {id}: heatmap has shape {}x{} but {} values",
+                h.height,
+                h.width,
+                h.data.len()
+            ),
+        ));
     }
     if let Some((i, v)) = h.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         bail!(
@@ -35,7 +38,10 @@ pub fn check_heatmap(h: &Heatmap, id: &str) -> Result<()> {
         );
     }
     if h.data.iter().all(|v| *v == 0.0) {
-        bail!("sample {id}: heatmap is all zero (no salient region to weight patches by)");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap is all zero (no salient region to weight patches by)"),
+        ));
     }
     Ok(())
 }
@@ -69,7 +75,10 @@ pub fn patch_weights(
     }
     let total: f64 = w.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
-        bail!("sample {id}: heatmap pools to zero over the patch grid");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap pools to zero over the patch grid"),
+        ));
     }
     Ok(w.into_iter().map(|v| (v / total) as f32).collect())
 }

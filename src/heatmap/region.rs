@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 
 use super::pool::check_heatmap;
 use super::resize::resize_bilinear;
-use super::{Heatmap, LesionMask};
+use super::{Heatmap, HeatmapError, HeatmapFault, LesionMask};
 
 /// Which pixels count as salient.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,7 +70,10 @@ pub fn salient_region(
                 |(bi, bv), (i, v)| if v > bv { (i, v) } else { (bi, bv) },
             );
     if max <= 0.0 {
-        bail!("sample {id}: heatmap is all zero at image size");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap is all zero at image size"),
+        ));
     }
     let t = match opts.threshold {
         Threshold::FractionOfMax(f) => {
