@@ -45,8 +45,8 @@ use crate::heatmap::{Heatmap, HeatmapError, HeatmapFault, HeatmapSource, SampleV
 use crate::util::fsio::atomic_write;
 use crate::util::render::png_bytes;
 
-/// The prompt of report samples (they have no question).
-pub const DEFAULT_REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
+/// The default prompt of report samples (they have no question).
+pub const DEFAULT_REPORT_PROMPT: &str = crate::data::REPORT_PROMPT;
 
 /// How to curate.
 #[derive(Clone, Debug)]

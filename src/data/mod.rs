@@ -166,6 +166,21 @@ pub struct Sample {
     pub meta: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The prompt of report-generation samples, which have no question (the
+/// policy's SFT examples, predictions, curated pairs and baselines all ask
+/// with it).
+pub const REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
+
+impl Sample {
+    /// The question this sample is asked with: its own, or [`REPORT_PROMPT`]
+    /// for a report.
+    pub fn prompt(&self) -> String {
+        self.question
+            .clone()
+            .unwrap_or_else(|| REPORT_PROMPT.to_string())
+    }
+}
+
 /// An error in one record of a dataset file: names the file, the record
 /// (index and id) and the field.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -541,16 +541,13 @@ fn load_model(cfg: &ExperimentConfig, dir: &Path) -> Result<LlavaModel> {
 }
 
 fn curve_of(run_dir: &Path) -> Vec<CurvePoint> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("train_log.jsonl")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
+    crate::train::metrics::read_log_rows(run_dir)
+        .into_iter()
+        .filter_map(|r| {
             Some(CurvePoint {
-                step: v.get("step")?.as_u64()? as usize,
-                loss: v.get("loss")?.as_f64()?,
-                margin: v.get("rewards/margins").and_then(|m| m.as_f64()),
+                step: r.step?,
+                loss: r.loss?,
+                margin: r.margin,
             })
         })
         .collect()
@@ -936,7 +933,7 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
             let r = lesion_probe(
                 &view,
                 &d.test,
-                &baselines::common::prompt_of,
+                &Sample::prompt,
                 &work.join("probe_images").join(pieces::slug(&d.spec.label)),
                 cfg.eval.probe_max_samples,
             )?;
