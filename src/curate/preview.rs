@@ -116,7 +116,7 @@ pub fn pair_sheet(p: &PreviewInput) -> Result<Vec<u8>> {
     {
         let root =
             BitMapBackend::with_buffer(&mut buf, (WIDTH as u32, HEIGHT as u32)).into_drawing_area();
-        let style = (FONT_NAME, 13).into_font().color(&BLACK);
+        let style = (FONT_NAME, 14).into_font().color(&BLACK);
         let titles = [
             "x+ (image)",
             "heatmap",

@@ -7,10 +7,15 @@ use std::sync::Once;
 use anyhow::Result;
 use plotters::style::FontStyle;
 
-/// The bundled font (DejaVu Sans Mono, Bitstream Vera licence: `assets/fonts/DejaVu-LICENSE.txt`).
+/// The bundled font (DejaVu Sans, a proportional face whose decimal points read as points;
+/// Bitstream Vera licence: `assets/fonts/DejaVu-LICENSE.txt`).
 /// `plotters` draws text only with a registered font; embedding one keeps the
 /// plots identical on every machine and needs no system font library.
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// Text sizes must be even: `plotters`' ab_glyph backend places each glyph at
+/// `size / 2 + top of its box`, truncated to whole pixels, so an odd size puts small
+/// glyphs such as the decimal point a pixel off the baseline of the digits.
+///
 /// The family name the bundled font is registered under.
 pub const FONT_NAME: &str = "sans-serif";
 
