@@ -10,7 +10,7 @@ use hdpo::curate::perturb::fn_delete::deletion_span;
 use hdpo::curate::perturb::tidy;
 use hdpo::curate::run::run;
 use hdpo::curate::vocab::{flip_yes_no, swap_laterality};
-use hdpo::curate::{CurateConfig, PairKind, Vocabulary};
+use hdpo::curate::{CurateConfig, PairKind, SkipReason, Vocabulary};
 use hdpo::data::pairs::{read_pairs, PairRecord};
 use hdpo::data::phantom::{self, PhantomConfig};
 use hdpo::data::{DatasetFormat, LoadOptions, Sample, Split};
@@ -603,7 +603,7 @@ fn bad_inputs_are_reported_and_counted() {
     let reasons: Vec<(String, String)> = summary
         .skipped_samples
         .iter()
-        .map(|k| (k.id.clone(), k.reason.clone()))
+        .map(|k| (k.id.clone(), k.reason.to_string()))
         .collect();
     let expect: Vec<(String, String)> = [
         ("missing", "missing_heatmap"),
@@ -620,9 +620,9 @@ fn bad_inputs_are_reported_and_counted() {
     for k in &summary.skipped_samples {
         assert!(
             k.message.contains(&k.id)
-                || k.reason.ends_with("answer")
-                || k.reason == "no_chunk"
-                || k.reason == "missing_image",
+                || k.reason.as_str().ends_with("answer")
+                || k.reason == SkipReason::NoChunk
+                || k.reason == SkipReason::MissingImage,
             "{k:?}"
         );
     }

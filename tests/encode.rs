@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
+use hdpo::encode::gradcam::gradcam;
+use hdpo::encode::rollout::{attention_rollout, rollout};
 use hdpo::encode::{
     self, bert, load_bert_dir, load_vit_dir, preprocess, tokenizer, DualEncoder, LoadOptions,
     Normalize, VisionTower,
 };
-use hdpo::heatmap::gradcam::gradcam;
 use hdpo::heatmap::pool::{patch_weights, weighted_embedding};
 use hdpo::heatmap::region::{salient_region, Connectivity, RegionOptions, Threshold};
-use hdpo::heatmap::rollout::{attention_rollout, rollout};
 use hdpo::heatmap::{Heatmap, HeatmapSource, SampleView};
 
 mod common;
@@ -533,7 +533,7 @@ fn gradcam_source_upsamples_the_patch_cam() {
     let t = enc.embed_texts(&[text]).unwrap().squeeze(0).unwrap();
     let out = gradcam(&enc, &img, &t, None).unwrap();
     assert_eq!(out.layer, 2);
-    let src = hdpo::heatmap::gradcam::GradCamSource {
+    let src = hdpo::encode::gradcam::GradCamSource {
         encoder: enc.clone(),
         layer: None,
     };
@@ -583,7 +583,7 @@ fn rollout_of_constructed_attention_and_on_tiny_vit() {
     assert!(cam.iter().all(|v| *v > 0.0));
     // CLS keeps at least half of its own mass through each of 2 layers (>= 1/4), so patches get < 3/4.
     assert!(total > 0.0 && total < 0.75 + 1e-5, "patch mass {total}");
-    let src = hdpo::heatmap::rollout::RolloutSource {
+    let src = hdpo::encode::rollout::RolloutSource {
         encoder: std::sync::Arc::new(enc),
     };
     let h = src
@@ -954,11 +954,10 @@ fn align_loss_gradients_reach_every_tensor_and_match_finite_differences() {
     }
 }
 
-#[test]
-fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
-    let tmp = tempfile::tempdir().unwrap();
+/// Writes `n` quadrant pairs as PNG images and a `pairs.jsonl` into `dir`.
+fn write_quadrant_jsonl(dir: &std::path::Path, n: usize, seed: u64) {
     let mut lines = String::new();
-    for (k, p) in quadrant_pairs(24, 7).into_iter().enumerate() {
+    for (k, p) in quadrant_pairs(n, seed).into_iter().enumerate() {
         let PairImage::Tensor(t) = p.image else {
             unreachable!()
         };
@@ -969,13 +968,19 @@ fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
             let c = |ch: usize| (((v[ch * 1024 + i] + 1.0) * 127.5).clamp(0.0, 255.0)) as u8;
             image::Rgb([c(0), c(1), c(2)])
         });
-        img.save(tmp.path().join(format!("img{k}.png"))).unwrap();
+        img.save(dir.join(format!("img{k}.png"))).unwrap();
         lines.push_str(
             &serde_json::json!({"image": format!("img{k}.png"), "text": p.text}).to_string(),
         );
         lines.push('\n');
     }
-    std::fs::write(tmp.path().join("pairs.jsonl"), lines).unwrap();
+    std::fs::write(dir.join("pairs.jsonl"), lines).unwrap();
+}
+
+#[test]
+fn align_cli_trains_from_jsonl_and_writes_a_loadable_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_quadrant_jsonl(tmp.path(), 24, 7);
     let out = tmp.path().join("enc");
     let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
         .args(["align", "--data"])
@@ -1096,6 +1101,74 @@ fn align_learns_projections_on_frozen_vit_and_bert_checkpoints() {
         &enc.embed_texts(&refs).unwrap(),
         &want,
         "projected text embedding",
+    );
+}
+
+/// `--text-pooling cls` (once failed: the strided [CLS] slice reached
+/// `index_select`): on the frozen `tiny_bert` fixture the learned encoder's
+/// text embedding is the reference [CLS] vector through the learned projection.
+#[test]
+fn align_cli_with_cls_text_pooling_on_frozen_tiny_towers() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_quadrant_jsonl(tmp.path(), 16, 3);
+    let out = tmp.path().join("enc");
+    let res = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(["align", "--data"])
+        .arg(tmp.path())
+        .args([
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--text-pooling",
+            "cls",
+        ])
+        .arg("--vision-checkpoint")
+        .arg(fixture("tiny_vit"))
+        .arg("--text-checkpoint")
+        .arg(fixture("tiny_bert"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let enc = DualEncoder::load(&out, &LoadOptions::default()).unwrap();
+    assert_eq!(enc.text_pooling, encode::TextPooling::Cls);
+    let w = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let texts: Vec<String> =
+        serde_json::from_value(reference_json("tiny_bert")["texts"].clone()).unwrap();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let want = reference("tiny_bert")["cls_embedding"]
+        .matmul(&w["text_projection.weight"].t().unwrap())
+        .unwrap();
+    assert_close(
+        &enc.embed_texts(&refs).unwrap(),
+        &want,
+        "projected [CLS] text embedding",
+    );
+}
+
+/// [CLS] pooling also trains a from-scratch text tower.
+#[test]
+fn align_with_cls_text_pooling_trains_from_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = AlignConfig {
+        image_size: 32,
+        epochs: 2,
+        batch_size: 8,
+        text_pooling: encode::TextPooling::Cls,
+        ..AlignConfig::default()
+    };
+    let report = align(quadrant_pairs(24, 4), &cfg, &tmp.path().join("enc")).unwrap();
+    assert_eq!(report.epoch_loss.len(), 2);
+    assert!(
+        report.epoch_loss.iter().all(|l| l.is_finite()),
+        "{report:?}"
     );
 }
 
@@ -1311,4 +1384,54 @@ fn align_cli_adds_the_local_alignment_from_dataset_masks() {
         "{}",
         String::from_utf8_lossy(&res.stderr)
     );
+}
+
+/// The option types `hdpo align` / `hdpo curate` parse with live in the
+/// library: their names and their errors.
+#[test]
+fn option_parsers_accept_their_names_and_reject_others() {
+    use hdpo::curate::regions::RegionHeatmapSpec;
+    use hdpo::data::{Split, SplitSelection};
+    let pooling: Vec<encode::TextPooling> = ["mean", "cls", "pooler", "eos"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(
+        pooling,
+        [
+            encode::TextPooling::Mean,
+            encode::TextPooling::Cls,
+            encode::TextPooling::Pooler,
+            encode::TextPooling::Eos
+        ]
+    );
+    let e = "CLS"
+        .parse::<encode::TextPooling>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected mean, cls, pooler or eos"), "{e}");
+    assert_eq!("all".parse::<SplitSelection>().unwrap().split(), None);
+    assert_eq!(
+        "val".parse::<SplitSelection>().unwrap().split(),
+        Some(Split::Val)
+    );
+    assert!("dev".parse::<SplitSelection>().is_err());
+    let data = std::path::Path::new("/data/set");
+    assert_eq!(
+        "mask".parse::<RegionHeatmapSpec>().unwrap(),
+        RegionHeatmapSpec::Masks
+    );
+    assert!(RegionHeatmapSpec::Masks.file_source(data).is_none());
+    let f = "file".parse::<RegionHeatmapSpec>().unwrap();
+    assert_eq!(f.file_source(data).unwrap().dir, data.join("heatmaps"));
+    let f = "file:/h".parse::<RegionHeatmapSpec>().unwrap();
+    assert_eq!(
+        f.file_source(data).unwrap().dir,
+        std::path::PathBuf::from("/h")
+    );
+    let e = "gradcam"
+        .parse::<RegionHeatmapSpec>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expected mask or file[:DIR]"), "{e}");
 }

@@ -412,10 +412,7 @@ fn every_baseline_builds_valid_pairs() {
                 .iter()
                 .find(|s| Some(&s.id) == p.source_id.as_ref())
                 .unwrap();
-            assert_eq!(
-                p.prompt,
-                hdpo::experiment::baselines::common::prompt_of(src)
-            );
+            assert_eq!(p.prompt, src.prompt());
         }
         // Again with the same seed: the same pairs.
         let again = b.build(&ctx, &samples).unwrap();

@@ -224,7 +224,7 @@ fn more_pairs(dir: &Path, weight: f64) -> PathBuf {
 
 fn pref_config(loss: &str) -> PreferenceConfig {
     PreferenceConfig {
-        loss: loss.into(),
+        loss: loss.parse().unwrap(),
         alpha: 0.5,
         run: RunConfig {
             batch_size: 2,

@@ -210,7 +210,7 @@ fn toy(dtype: DType) -> ToyPolicy {
 
 fn cfg(loss: &str, batch: usize, micro: usize, epochs: usize) -> PreferenceConfig {
     PreferenceConfig {
-        loss: loss.into(),
+        loss: loss.parse().unwrap(),
         alpha: 0.5,
         run: RunConfig {
             batch_size: batch,

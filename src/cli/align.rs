@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use hdpo::curate::regions::{pairs_with_regions, RegionHeatmaps};
+use hdpo::curate::regions::{pairs_with_regions, RegionHeatmapSpec, RegionHeatmaps};
 use hdpo::curate::Vocabulary;
 use hdpo::data::{DatasetFormat, LoadOptions, Split};
 use hdpo::encode::align::{
     align_with_progress, pairs_from_samples, AlignConfig, AlignPair, PairImage, PretrainedTowers,
 };
 use hdpo::encode::TextPooling;
-use hdpo::heatmap::file::FileSource;
 
 /// Arguments of `hdpo align`.
 #[derive(Args, Debug)]
@@ -53,7 +52,7 @@ pub struct AlignArgs {
     pub skip_missing: bool,
     /// Text pooling: mean, cls or pooler.
     #[arg(long, default_value = "mean")]
-    pub text_pooling: String,
+    pub text_pooling: TextPooling,
     /// Leave out the local alignment. By default, with a dataset format,
     /// every training sample with a lesion mask also aligns its mask region
     /// (Eq. 2-3) with the phrases of its text that name the lesion, against
@@ -71,7 +70,7 @@ pub struct AlignArgs {
     /// `file[:DIR]` (DAug-style heatmap files, `{id}_{class}.npy` / PNG,
     /// default DIR = DATA/heatmaps), for data without masks.
     #[arg(long, default_value = "mask")]
-    pub region_heatmaps: String,
+    pub region_heatmaps: RegionHeatmapSpec,
 }
 
 fn read_pairs(data: &Path) -> Result<Vec<AlignPair>> {
@@ -143,19 +142,10 @@ pub fn run(args: AlignArgs) -> Result<()> {
                 Some(v) => Vocabulary::from_file(v)?,
                 None => Vocabulary::default_vocab(),
             };
-            let spec = args.region_heatmaps.as_str();
-            let file_source;
-            let heatmaps = if spec == "mask" {
-                RegionHeatmaps::Masks
-            } else if spec == "file" || spec.starts_with("file:") {
-                let dir = spec
-                    .strip_prefix("file:")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| args.data.join("heatmaps"));
-                file_source = FileSource { dir, class: None };
-                RegionHeatmaps::Source(&file_source)
-            } else {
-                bail!("--region-heatmaps {spec:?}: expected mask or file[:DIR]");
+            let file_source = args.region_heatmaps.file_source(&args.data);
+            let heatmaps = match &file_source {
+                Some(f) => RegionHeatmaps::Source(f),
+                None => RegionHeatmaps::Masks,
             };
             let (pairs, sum) = pairs_with_regions(&loaded.samples, &vocab, heatmaps);
             println!(
@@ -180,12 +170,6 @@ pub fn run(args: AlignArgs) -> Result<()> {
         }
         pairs
     };
-    let text_pooling = match args.text_pooling.as_str() {
-        "mean" => TextPooling::Mean,
-        "cls" => TextPooling::Cls,
-        "pooler" => TextPooling::Pooler,
-        other => bail!("--text-pooling {other:?}: expected mean, cls or pooler"),
-    };
     let pretrained = match (args.vision_checkpoint, args.text_checkpoint) {
         (Some(vision), Some(text)) => Some(PretrainedTowers { vision, text }),
         _ => None,
@@ -196,12 +180,12 @@ pub fn run(args: AlignArgs) -> Result<()> {
         image_size: args.image_size,
         batch_size: args.batch_size,
         learning_rate: args.lr,
-        text_pooling,
+        text_pooling: args.text_pooling,
         pretrained,
         region_weight: args.region_weight,
         ..AlignConfig::default()
     };
-    let bar = crate::cli::progress::bar(cfg.epochs as u64, "align");
+    let bar = hdpo::util::progress::bar(cfg.epochs as u64, "align");
     let report = align_with_progress(pairs, &cfg, &args.out, &mut |e, loss| {
         bar.set_message(format!("epoch {} loss {loss:.4}", e + 1));
         bar.inc(1);

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 
 use hdpo::curate::run::{heatmap_source_from_spec, parse_shard, run_with_progress};
 use hdpo::curate::{export_rule, CurateConfig, Fill, PairKind, Vocabulary};
-use hdpo::data::{DatasetFormat, LoadOptions, Split};
+use hdpo::data::{DatasetFormat, LoadOptions, SplitSelection};
 use hdpo::encode::DualEncoder;
 use hdpo::heatmap::region::Threshold;
 use hdpo::util::guard::{claim_output_file, Input, RunFingerprint};
@@ -52,7 +52,7 @@ pub struct CurateArgs {
     pub rule_out: Option<PathBuf>,
     /// Split to curate: train, val, test or all.
     #[arg(long, default_value = "train")]
-    pub split: String,
+    pub split: SplitSelection,
     /// A vocabulary file (`term<TAB>category[<TAB>concept]`) replacing the default.
     #[arg(long)]
     pub vocab: Option<PathBuf>,
@@ -77,18 +77,11 @@ pub struct CurateArgs {
 }
 
 pub fn run(a: CurateArgs) -> Result<()> {
-    let split = match a.split.as_str() {
-        "all" => None,
-        "train" => Some(Split::Train),
-        "val" => Some(Split::Val),
-        "test" => Some(Split::Test),
-        other => bail!("--split {other:?}: expected train, val, test or all"),
-    };
     let loaded = hdpo::data::load(
         a.format,
         &a.data,
         &LoadOptions {
-            split,
+            split: a.split.split(),
             skip_bad: true,
             skip_missing: a.skip_missing,
             ..LoadOptions::default()
@@ -158,7 +151,7 @@ pub fn run(a: CurateArgs) -> Result<()> {
         &[a.out.clone(), partial, summary_file],
     )?;
     let n = hdpo::curate::run::shard_range(samples.len(), cfg.shard).len();
-    let bar = crate::cli::progress::bar(n as u64, "curate");
+    let bar = hdpo::util::progress::bar(n as u64, "curate");
     let summary = run_with_progress(
         &cfg,
         &samples,

@@ -14,7 +14,6 @@ pub mod experiment;
 pub mod init_model;
 pub mod model;
 pub mod phantom;
-pub mod progress;
 pub mod train;
 
 /// hdpo: Heatmap-informed Direct Preference Optimization for medical VLMs.

@@ -122,7 +122,6 @@ fn load(m: &ModelArgs) -> Result<(LlavaModel, TextTokenizer)> {
 }
 
 fn pixels(model: &LlavaModel, dir: &Path, image: &Path) -> Result<Tensor> {
-    // TEMPORARY: replace with data::image preprocessing at merge.
     let (mean, std) = hdpo::model::image::normalisation(dir);
     hdpo::model::image::load_clip_pixels(
         image,

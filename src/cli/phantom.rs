@@ -8,7 +8,7 @@ use clap::Args;
 
 use hdpo::data::phantom::{self, HeatmapNoise, PhantomConfig};
 
-use super::progress;
+use hdpo::util::progress;
 
 /// Generate the phantom benchmark: schematic chest radiographs with known
 /// lesions, masks, DAug-like heatmaps, reports and VQA questions, written in

@@ -14,7 +14,7 @@ use hdpo::model::{
     PredictOptions, TargetModules, TextTokenizer,
 };
 use hdpo::train::config::{PreferenceConfig, SftConfig};
-use hdpo::train::{loss_by_name, preference, sft, LoopSummary};
+use hdpo::train::{preference, sft, LoopSummary, Loss, LossType};
 use hdpo::util::guard::{
     claim_output_file, claim_output_folder, Input, OutputLock, RunFingerprint,
 };
@@ -422,8 +422,8 @@ fn train_pref(a: TrainArgs) -> Result<()> {
         (None, None) => PreferenceConfig::paper(),
     };
     cfg.loss = match a.kind {
-        TrainKind::Dpo => "dpo".into(),
-        _ => "hdpo".into(),
+        TrainKind::Dpo => LossType::Dpo,
+        _ => LossType::Hdpo,
     };
     if let Some(x) = a.alpha {
         cfg.alpha = x;
@@ -458,9 +458,9 @@ fn train_pref(a: TrainArgs) -> Result<()> {
             );
         }
     }
-    let loss = loss_by_name(&cfg.loss, cfg.alpha)?;
+    let loss = Loss::new(cfg.loss, cfg.alpha)?;
     if a.dry_run {
-        let d = preference::dry_run(&policy, &pairs, loss.as_ref())?;
+        let d = preference::dry_run(&policy, &pairs, &loss)?;
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(());
     }
@@ -469,7 +469,7 @@ fn train_pref(a: TrainArgs) -> Result<()> {
         hdpo::util::guard::content_id(&pairs_path).context("fingerprint of --pairs")?
     );
     let (out, _lock) = start_run(&a, &cfg, &data)?;
-    let s = preference::train(&policy, &pairs, loss.as_ref(), &cfg, &out)?;
+    let s = preference::train(&policy, &pairs, &loss, &cfg, &out)?;
     finish_run(&a, &model, &out, &s.run, &s)
 }
 

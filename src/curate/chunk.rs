@@ -1,4 +1,4 @@
-//! The semantic chunks t_1..t_M of y_gt (paper Eq. 4; DESIGN.md section 2,
+//! The semantic chunks t_1..t_M of y_gt (paper Eq. 4; `docs/design.md`,
 //! "Chunks and k*"): the spans that match the vocabulary (longest match,
 //! case-insensitive); if none matches, the clauses (split on sentence ends,
 //! `;` and `,`); a VQA answer shorter than a clause is one chunk. Every chunk

@@ -1,5 +1,5 @@
 //! Heatmap-guided keyword extraction (paper 3.1.1, Eq. 3-6): the
-//! heatmap-weighted image embedding v (Eq. 3, from `heatmap::pool`), the
+//! heatmap-weighted image embedding v (Eq. 3, from `encode::heatmap_embedding`), the
 //! chunk embeddings u_j = f_t(t_j) (Eq. 4), their cosines s_j (Eq. 5) and
 //! k* = argmax_j s_j (Eq. 6).
 
@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::chunk::Chunk;
+use crate::encode::heatmap_embedding;
 use crate::encode::DualEncoder;
-use crate::heatmap::pool::heatmap_embedding;
 use crate::heatmap::Heatmap;
 
 /// k* and what it was chosen from.

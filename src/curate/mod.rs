@@ -30,5 +30,8 @@ pub mod vocab;
 pub mod weight;
 
 pub use perturb::{Fill, PairKind};
-pub use run::{export_rule, run, run_with_progress, CurateConfig, CurateSummary, SkippedSample};
+pub use run::{
+    export_rule, run, run_with_progress, CurateConfig, CurateSummary, SampleSkip, SkipReason,
+    SkippedSample,
+};
 pub use vocab::Vocabulary;

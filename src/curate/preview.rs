@@ -7,9 +7,9 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::data::pairs::PairRecord;
-use crate::eval::plot::{register_font, FONT_NAME};
 use crate::heatmap::resize::resize_bilinear;
 use crate::heatmap::{Heatmap, LesionMask};
+use crate::util::render::{jet_u8, png_bytes, register_font, FONT_NAME};
 
 /// What one sheet shows.
 pub struct PreviewInput<'a> {
@@ -30,12 +30,6 @@ const TEXT_H: usize = 200;
 const COLS: usize = 4;
 const WIDTH: usize = COLS * PANEL + (COLS + 1) * GAP;
 const HEIGHT: usize = PANEL + 2 * GAP + 20 + TEXT_H;
-
-fn jet(t: f32) -> [u8; 3] {
-    let t = t.clamp(0.0, 1.0);
-    let f = |c: f32| ((1.5 - (4.0 * t - c).abs()).clamp(0.0, 1.0) * 255.0) as u8;
-    [f(3.0), f(2.0), f(1.0)]
-}
 
 /// Sample an image-sized layer at panel pixel (x, y) by nearest neighbour.
 fn nn(x: usize, y: usize, w: usize, h: usize) -> usize {
@@ -86,7 +80,7 @@ pub fn pair_sheet(p: &PreviewInput) -> Result<Vec<u8>> {
                 let c = match col {
                     0 => px,
                     1 => {
-                        let j = jet(heat.data[i] / hmax);
+                        let j = jet_u8(heat.data[i] / hmax);
                         [0, 1, 2].map(|k| (0.55 * f32::from(px[k]) + 0.45 * f32::from(j[k])) as u8)
                     }
                     2 => {
@@ -122,7 +116,7 @@ pub fn pair_sheet(p: &PreviewInput) -> Result<Vec<u8>> {
     {
         let root =
             BitMapBackend::with_buffer(&mut buf, (WIDTH as u32, HEIGHT as u32)).into_drawing_area();
-        let style = (FONT_NAME, 13).into_font().color(&BLACK);
+        let style = (FONT_NAME, 14).into_font().color(&BLACK);
         let titles = [
             "x+ (image)",
             "heatmap",
@@ -185,5 +179,5 @@ pub fn pair_sheet(p: &PreviewInput) -> Result<Vec<u8>> {
     }
     let img = image::RgbImage::from_raw(WIDTH as u32, HEIGHT as u32, buf)
         .ok_or_else(|| anyhow!("preview buffer has the wrong size"))?;
-    super::run::png_bytes(&img)
+    png_bytes(&img)
 }

@@ -1,4 +1,4 @@
-//! Building `data::pairs::PairRecord`s (DESIGN.md "Pair records") from a
+//! Building `data::pairs::PairRecord`s (`docs/design.md`, "Pair records") from a
 //! sample, its keyword and a perturbation, with the audit fields.
 
 use serde_json::{json, Map, Value};

@@ -24,6 +24,7 @@ use super::chunk::{chunk_answer, sentences, Chunk};
 use super::vocab::Vocabulary;
 use crate::data::Sample;
 use crate::encode::align::{sourced_pairs_from_samples, AlignPair, RegionText};
+use crate::heatmap::file::FileSource;
 use crate::heatmap::mask::{mask_heatmap, read_mask};
 use crate::heatmap::pool::check_heatmap;
 use crate::heatmap::{HeatmapSource, SampleView};
@@ -104,6 +105,44 @@ pub struct RegionSummary {
     /// Heatmaps or masks that could not be read or are unusable (all zero,
     /// negative, non-finite): `"id: reason"`.
     pub bad_heatmaps: Vec<String>,
+}
+
+/// Where `hdpo align`'s regions come from, as the command line names it:
+/// `mask` (each sample's lesion mask) or `file[:DIR]` (DAug-style heatmap
+/// files, `{id}_{class}.npy` / PNG; without DIR, `heatmaps/` in the dataset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionHeatmapSpec {
+    Masks,
+    Files(Option<PathBuf>),
+}
+
+impl RegionHeatmapSpec {
+    /// The heatmap-file source for a dataset at `data`, `None` for masks.
+    pub fn file_source(&self, data: &std::path::Path) -> Option<FileSource> {
+        match self {
+            RegionHeatmapSpec::Masks => None,
+            RegionHeatmapSpec::Files(dir) => Some(FileSource {
+                dir: dir.clone().unwrap_or_else(|| data.join("heatmaps")),
+                class: None,
+            }),
+        }
+    }
+}
+
+impl std::str::FromStr for RegionHeatmapSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        if s == "mask" {
+            Ok(RegionHeatmapSpec::Masks)
+        } else if s == "file" {
+            Ok(RegionHeatmapSpec::Files(None))
+        } else if let Some(dir) = s.strip_prefix("file:") {
+            Ok(RegionHeatmapSpec::Files(Some(PathBuf::from(dir))))
+        } else {
+            anyhow::bail!("region heatmaps {s:?}: expected mask or file[:DIR]")
+        }
+    }
 }
 
 /// Where the region of a sample comes from.

@@ -41,11 +41,12 @@ use crate::data::Sample;
 use crate::encode::DualEncoder;
 use crate::heatmap::pool::check_heatmap;
 use crate::heatmap::region::{RegionOptions, Threshold};
-use crate::heatmap::{Heatmap, HeatmapSource, SampleView};
+use crate::heatmap::{Heatmap, HeatmapError, HeatmapFault, HeatmapSource, SampleView};
 use crate::util::fsio::atomic_write;
+use crate::util::render::png_bytes;
 
-/// The prompt of report samples (they have no question).
-pub const DEFAULT_REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
+/// The default prompt of report samples (they have no question).
+pub const DEFAULT_REPORT_PROMPT: &str = crate::data::REPORT_PROMPT;
 
 /// How to curate.
 #[derive(Clone, Debug)]
@@ -156,15 +157,84 @@ pub fn shard_range(len: usize, shard: Option<(usize, usize)>) -> std::ops::Range
     }
 }
 
+/// Why a sample produced no pair (serialised as its snake_case code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    EmptyAnswer,
+    NoChunk,
+    MissingImage,
+    ImageUnreadable,
+    EncoderError,
+    MissingHeatmap,
+    ShapeMismatch,
+    AllZeroHeatmap,
+    HeatmapError,
+}
+
+impl SkipReason {
+    /// The reason's code (`missing_heatmap`, ...), as in the summary's counts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::EmptyAnswer => "empty_answer",
+            SkipReason::NoChunk => "no_chunk",
+            SkipReason::MissingImage => "missing_image",
+            SkipReason::ImageUnreadable => "image_unreadable",
+            SkipReason::EncoderError => "encoder_error",
+            SkipReason::MissingHeatmap => "missing_heatmap",
+            SkipReason::ShapeMismatch => "shape_mismatch",
+            SkipReason::AllZeroHeatmap => "all_zero_heatmap",
+            SkipReason::HeatmapError => "heatmap_error",
+        }
+    }
+
+    /// The reason of a heatmap source's error, by the error's type: a
+    /// [`HeatmapError`]'s fault, or an I/O error anywhere in the chain (the
+    /// file could not be read) as a missing heatmap.
+    pub fn of_heatmap_error(e: &anyhow::Error) -> SkipReason {
+        if let Some(h) = e.downcast_ref::<HeatmapError>() {
+            return match h.fault {
+                HeatmapFault::AllZero => SkipReason::AllZeroHeatmap,
+                HeatmapFault::ShapeMismatch => SkipReason::ShapeMismatch,
+                HeatmapFault::Missing => SkipReason::MissingHeatmap,
+            };
+        }
+        let io = |c: &(dyn std::error::Error + 'static)| {
+            c.downcast_ref::<std::io::Error>().is_some()
+                || matches!(
+                    c.downcast_ref::<image::ImageError>(),
+                    Some(image::ImageError::IoError(_))
+                )
+        };
+        if e.chain().any(io) {
+            SkipReason::MissingHeatmap
+        } else {
+            SkipReason::HeatmapError
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sample skipped for `reason`, with a message naming what was wrong.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct SampleSkip {
+    pub reason: SkipReason,
+    pub message: String,
+}
+
 /// A sample that produced no pair.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SkippedSample {
     /// Index in the input samples (before sharding).
     pub index: usize,
     pub id: String,
-    /// `missing_image`, `missing_heatmap`, `shape_mismatch`, `all_zero_heatmap`,
-    /// `empty_answer`, `no_chunk`, `heatmap_error`, `encoder_error`.
-    pub reason: String,
+    pub reason: SkipReason,
     pub message: String,
 }
 
@@ -269,27 +339,6 @@ impl fmt::Display for CurateSummary {
     }
 }
 
-/// The reason code of a heatmap-source error, from its message.
-fn heatmap_reason(msg: &str) -> &'static str {
-    let m = msg.to_ascii_lowercase();
-    if m.contains("all zero") || m.contains("no lesion pixels") || m.contains("pools to zero") {
-        "all_zero_heatmap"
-    } else if m.contains("does not match") || m.contains("differs from") || m.contains("shape") {
-        "shape_mismatch"
-    } else if m.contains("does not exist")
-        || m.contains("no heatmap file")
-        || m.contains("no file")
-        || m.contains("no lesion mask")
-        || m.contains("cannot read")
-        || m.contains("no such file")
-        || m.contains("missing heatmap")
-    {
-        "missing_heatmap"
-    } else {
-        "heatmap_error"
-    }
-}
-
 /// Pair ids already present in the output (`out` and `out.partial`); a
 /// torn last line of the partial file is cut off.
 fn existing_ids(out: &Path, partial: &Path) -> Result<(HashSet<String>, usize)> {
@@ -383,16 +432,6 @@ fn store_image(src: &Path, dst: &Path) -> Result<()> {
     }
     let bytes = std::fs::read(src).with_context(|| format!("cannot read {}", src.display()))?;
     atomic_write(dst, &bytes)
-}
-
-/// Encode an RGB image as PNG bytes.
-pub fn png_bytes(img: &image::RgbImage) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
-    Ok(bytes)
 }
 
 /// What one sample produced.
@@ -489,8 +528,11 @@ pub fn run_with_progress(
                     .with_context(|| format!("cannot append to {}", partial.display()))?;
                 summary.previews.extend(o.previews);
             }
-            Ok(Err((reason, message))) => {
-                *summary.skipped_by_reason.entry(reason.clone()).or_default() += 1;
+            Ok(Err(SampleSkip { reason, message })) => {
+                *summary
+                    .skipped_by_reason
+                    .entry(reason.as_str().to_string())
+                    .or_default() += 1;
                 summary.skipped_samples.push(SkippedSample {
                     index,
                     id: sample.id.clone(),
@@ -542,10 +584,8 @@ pub fn heatmap_source_from_spec(
     data_dir: &Path,
     encoder: &std::sync::Arc<DualEncoder>,
 ) -> Result<Box<dyn HeatmapSource>> {
-    use crate::heatmap::{
-        file::FileSource, gradcam::GradCamSource, mask::MaskSource, rollout::RolloutSource,
-        uniform::UniformSource,
-    };
+    use crate::encode::{gradcam::GradCamSource, rollout::RolloutSource};
+    use crate::heatmap::{file::FileSource, mask::MaskSource, uniform::UniformSource};
     let (name, arg) = match spec.split_once(':') {
         Some((n, a)) => (n, Some(a)),
         None => (spec, None),
@@ -587,10 +627,18 @@ struct SampleCtx<'a> {
     source_name: &'a str,
 }
 
-type SampleResult = std::result::Result<SampleOutput, (String, String)>;
+type SampleResult = std::result::Result<SampleOutput, SampleSkip>;
 
-fn skip(reason: &str, message: impl Into<String>) -> Result<SampleResult> {
-    Ok(Err((reason.to_string(), message.into())))
+fn skip(reason: SkipReason, message: impl Into<String>) -> Result<SampleResult> {
+    Ok(Err(SampleSkip {
+        reason,
+        message: message.into(),
+    }))
+}
+
+/// A skip for a heatmap source's error, its reason from the error's type.
+fn skip_heatmap(e: anyhow::Error) -> Result<SampleResult> {
+    skip(SkipReason::of_heatmap_error(&e), format!("{e:#}"))
 }
 
 impl SampleCtx<'_> {
@@ -604,12 +652,12 @@ impl SampleCtx<'_> {
         let cfg = self.cfg;
         let id = sample.id.as_str();
         if sample.answer.trim().is_empty() {
-            return skip("empty_answer", "the answer is empty");
+            return skip(SkipReason::EmptyAnswer, "the answer is empty");
         }
         let chunks: Vec<Chunk> = chunk_answer(&sample.answer, sample.answer_type, &cfg.vocab);
         if chunks.is_empty() {
             return skip(
-                "no_chunk",
+                SkipReason::NoChunk,
                 format!(
                     "the answer {:?} has no chunk (no term, no clause)",
                     sample.answer
@@ -617,15 +665,15 @@ impl SampleCtx<'_> {
             );
         }
         let Some(image_path) = sample.images.first() else {
-            return skip("missing_image", "the sample has no image");
+            return skip(SkipReason::MissingImage, "the sample has no image");
         };
         let decoded = match image::open(image_path) {
             Ok(d) => d,
             Err(e) => {
                 let reason = if image_path.exists() {
-                    "image_unreadable"
+                    SkipReason::ImageUnreadable
                 } else {
-                    "missing_image"
+                    SkipReason::MissingImage
                 };
                 return skip(reason, format!("{}: {e}", image_path.display()));
             }
@@ -634,7 +682,7 @@ impl SampleCtx<'_> {
         let (iw, ih) = (rgb.width() as usize, rgb.height() as usize);
         let tensor = match self.encoder.image_tensor(&decoded) {
             Ok(t) => t,
-            Err(e) => return skip("encoder_error", format!("{e:#}")),
+            Err(e) => return skip(SkipReason::EncoderError, format!("{e:#}")),
         };
         let view = SampleView {
             id,
@@ -645,14 +693,11 @@ impl SampleCtx<'_> {
         };
         let heat: Heatmap = match self.heatmaps.heatmap(&view) {
             Ok(h) => h,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                return skip(heatmap_reason(&msg), msg);
-            }
+            Err(e) => return skip_heatmap(e),
         };
         if matches!(self.source_name, "file" | "mask") && (heat.height, heat.width) != (ih, iw) {
             return skip(
-                "shape_mismatch",
+                SkipReason::ShapeMismatch,
                 format!(
                     "heatmap is {}x{} but the image {} is {ih}x{iw} (height x width)",
                     heat.height,
@@ -662,15 +707,11 @@ impl SampleCtx<'_> {
             );
         }
         if let Err(e) = check_heatmap(&heat, id) {
-            let msg = format!("{e:#}");
-            return skip(heatmap_reason(&msg), msg);
+            return skip_heatmap(e);
         }
         let kw = match select_keyword(self.encoder, &tensor, &heat, id, &chunks) {
             Ok(k) => k,
-            Err(e) => {
-                let msg = format!("{e:#}");
-                return skip(heatmap_reason(&msg), msg);
-            }
+            Err(e) => return skip_heatmap(e),
         };
         let chosen_image = chosen_rel(image_path, cfg.data_root.as_deref());
         let mut records = Vec::new();
@@ -782,22 +823,37 @@ mod tests {
     }
 
     #[test]
-    fn heatmap_error_reasons() {
+    fn heatmap_error_reasons_come_from_the_error_type() {
+        use crate::heatmap::{HeatmapError, HeatmapFault};
+        let typed = |f| HeatmapError::err(f, "message").context("sample a");
         assert_eq!(
-            heatmap_reason("sample a: heatmap is all zero"),
-            "all_zero_heatmap"
+            SkipReason::of_heatmap_error(&typed(HeatmapFault::AllZero)),
+            SkipReason::AllZeroHeatmap
         );
         assert_eq!(
-            heatmap_reason("x.npy: size 3x4 (height x width) does not match the image size 4x4"),
-            "shape_mismatch"
+            SkipReason::of_heatmap_error(&typed(HeatmapFault::ShapeMismatch)),
+            SkipReason::ShapeMismatch
         );
         assert_eq!(
-            heatmap_reason("sample a: no heatmap file {a}_<class>.npy"),
-            "missing_heatmap"
+            SkipReason::of_heatmap_error(&typed(HeatmapFault::Missing)),
+            SkipReason::MissingHeatmap
+        );
+        let io = std::fs::read("/nonexistent/hdpo/x.npy")
+            .context("cannot read x.npy")
+            .unwrap_err();
+        assert_eq!(
+            SkipReason::of_heatmap_error(&io),
+            SkipReason::MissingHeatmap
+        );
+        // The message alone decides nothing.
+        let untyped = anyhow::anyhow!("sample a: heatmap is all zero, shape 3x4, no such file");
+        assert_eq!(
+            SkipReason::of_heatmap_error(&untyped),
+            SkipReason::HeatmapError
         );
         assert_eq!(
-            heatmap_reason("sample a: no lesion mask for the mask heatmap source"),
-            "missing_heatmap"
+            serde_json::to_string(&SkipReason::AllZeroHeatmap).unwrap(),
+            "\"all_zero_heatmap\""
         );
     }
 }

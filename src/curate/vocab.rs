@@ -1,4 +1,4 @@
-//! The medical vocabulary 𝒦 of paper Eq. 7 (DESIGN.md section 2, "Vocabulary"):
+//! The medical vocabulary 𝒦 of paper Eq. 7 (`docs/design.md`, "Vocabulary"):
 //! terms with a category (finding, anatomy, location, laterality, size,
 //! device, ...) and a concept (the observation a term names, so that a
 //! synonym is never drawn as a misdiagnosis), longest-match search in a text,

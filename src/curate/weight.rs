@@ -1,7 +1,7 @@
 //! The heatmap alignment score (paper 3.2, Eq. 11):
 //! w = 1 + λ · max_{k_j ∈ Δ(y+, y−)} cos(v, f_t(k_j)), with v the
 //! heatmap-weighted embedding of x+ (Eq. 3) and Δ the differential keywords
-//! of the pair (docs/curate.md: mis {k*, k̃}; fn_neutral {k*, "no
+//! of the pair (`docs/design.md`, "Differential keywords": mis {k*, k̃}; fn_neutral {k*, "no
 //! abnormalities"}; fn_delete {k*}; fp {k*}).
 
 use anyhow::{bail, Result};

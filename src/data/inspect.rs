@@ -1,6 +1,6 @@
 //! `hdpo data inspect`: what a dataset holds (counts per split and answer
 //! type), which images exist, mask coverage and subtle-lesion counts
-//! (DESIGN.md "Subtle lesions": lesion < 5% of the image, configurable).
+//! (`docs/design.md`, "Subtle lesions": lesion < 5% of the image, configurable).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;

@@ -12,6 +12,7 @@ pub mod load;
 pub mod pairs;
 pub mod phantom;
 pub mod r2gen;
+pub mod reader;
 pub mod rule;
 pub mod slake;
 pub mod vqa_rad;
@@ -98,6 +99,38 @@ pub enum Split {
     Test,
 }
 
+/// Which split(s) to use: one, or all of them (`train`, `val`, `test`, `all`
+/// on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitSelection {
+    All,
+    Only(Split),
+}
+
+impl SplitSelection {
+    /// The split to load, `None` for all ([`LoadOptions::split`]).
+    pub fn split(self) -> Option<Split> {
+        match self {
+            SplitSelection::All => None,
+            SplitSelection::Only(s) => Some(s),
+        }
+    }
+}
+
+impl std::str::FromStr for SplitSelection {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "all" => SplitSelection::All,
+            "train" => SplitSelection::Only(Split::Train),
+            "val" => SplitSelection::Only(Split::Val),
+            "test" => SplitSelection::Only(Split::Test),
+            other => anyhow::bail!("split {other:?}: expected train, val, test or all"),
+        })
+    }
+}
+
 impl fmt::Display for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -131,6 +164,21 @@ pub struct Sample {
     /// question type, study and subject ids, phantom ground truth, ...).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub meta: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The prompt of report-generation samples, which have no question (the
+/// policy's SFT examples, predictions, curated pairs and baselines all ask
+/// with it).
+pub const REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
+
+impl Sample {
+    /// The question this sample is asked with: its own, or [`REPORT_PROMPT`]
+    /// for a report.
+    pub fn prompt(&self) -> String {
+        self.question
+            .clone()
+            .unwrap_or_else(|| REPORT_PROMPT.to_string())
+    }
 }
 
 /// An error in one record of a dataset file: names the file, the record

@@ -1,4 +1,4 @@
-//! Preference-pair records (DESIGN.md "Pair records"; paper Eq. 7-12 produce
+//! Preference-pair records (`docs/design.md`, "Pair records"; paper Eq. 7-12 produce
 //! them, Eq. 13 consumes them).
 //!
 //! hdpo's own layout is JSON Lines, one [`PairRecord`] per line. Fields
@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, Rec};
+use super::reader::{kind_of, Rec};
 use super::RecordError;
 use crate::util::fsio::{atomic_write_with, resolve_in_root};
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
+use super::reader::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
 use super::{AnswerType, RecordError, Sample, Split};
 
 /// Split keys of `annotation.json`, tried in order per split.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::{Map, Value};
 
-use super::load::{is_yes_no, Collector, LoadOptions, LoadOutcome, Rec};
+use super::reader::{is_yes_no, Collector, LoadOptions, LoadOutcome, Rec};
 use super::{AnswerType, RecordError, Sample, Split};
 
 const CORE: [&str; 4] = ["question", "answer", "image", "question_id"];

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, read_json, Collector, LoadOptions, LoadOutcome, Rec};
+use super::reader::{kind_of, read_json, Collector, LoadOptions, LoadOutcome, Rec};
 use super::{AnswerType, RecordError, Sample, Split};
 
 /// The file names of each split, tried in order.

@@ -1,6 +1,6 @@
 //! VQA-RAD (Lau et al. 2018), the official `VQA_RAD Dataset Public.json`.
 //!
-//! Quirks handled (see `../shared/data/README.md`): `qid` is a string or an
+//! Quirks handled: `qid` is a string or an
 //! integer, `answer_type` may carry a trailing space (`"CLOSED "`), `answer`
 //! may be an integer, `"NULL"` is a string, and `question_type` may be
 //! compound (`"POS, PRES"`) or misspelled (`ATRIB`, `PRSE`). The split comes
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::{Map, Value};
 
-use super::load::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
+use super::reader::{kind_of, read_json, root_and_file, Collector, LoadOptions, LoadOutcome, Rec};
 use super::{AnswerType, RecordError, Sample, Split};
 
 /// The name of the official QA file.

@@ -1,7 +1,7 @@
 //! `hdpo align`: contrastive alignment of a small dual encoder (a ViT and a
 //! BERT tower, each with a linear projection) on image-text pairs, so that
 //! Eq. 5's cosine between image and text embeddings is meaningful
-//! (DESIGN.md section 2, "One embedding space").
+//! (`docs/design.md`, "One embedding space").
 //!
 //! Loss: symmetric InfoNCE (CLIP), `L = (CE(s·I·Tᵀ, diag) + CE(s·T·Iᵀ, diag)) / 2`
 //! on L2-normalised embeddings, with `s = exp(logit_scale)` learnable (capped
@@ -29,7 +29,11 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+pub use super::align_pairs::{
+    pairs_from_samples, sourced_pairs_from_samples, AlignPair, PairImage, RegionText,
+};
 use super::bert::{BertConfig, BertTower};
+pub use super::contrastive::{info_nce, LogitScale, Temperature};
 use super::preprocess::{image_to_tensor, load_image_tensor, Normalize};
 use super::region_align::{heldout_top1, region_nce, RegionBatch, RegionRow, RegionTable};
 use super::tokenizer::{build_word_tokenizer, encode_batch};
@@ -39,101 +43,6 @@ use super::{
     HDPO_MODEL_TYPE,
 };
 use crate::util::seed::rng_for;
-
-/// The image side of a training pair.
-#[derive(Clone, Debug)]
-pub enum PairImage {
-    /// An image file, decoded and preprocessed to the tower's size.
-    Path(PathBuf),
-    /// A decoded image.
-    Image(image::DynamicImage),
-    /// Pixels already preprocessed to `[3, S, S]` for the tower's size and normalisation.
-    Tensor(Tensor),
-}
-
-/// One image-text training pair.
-#[derive(Clone, Debug)]
-pub struct AlignPair {
-    pub image: PairImage,
-    pub text: String,
-    /// A region of the image and the phrases that name it (local alignment).
-    pub region: Option<RegionText>,
-}
-
-impl AlignPair {
-    /// A pair for the global (image-report) loss only.
-    pub fn global(image: PairImage, text: impl Into<String>) -> Self {
-        AlignPair {
-            image,
-            text: text.into(),
-            region: None,
-        }
-    }
-}
-
-/// A local alignment target: the region of the pair's image that `heatmap`
-/// weights (Eq. 2-3, as in curation) should be closer to one of `positives`
-/// than to `negatives` and to the other phrases of its batch.
-#[derive(Clone, Debug)]
-pub struct RegionText {
-    /// Any size; resized to the tower's input (Eq. 2).
-    pub heatmap: crate::heatmap::Heatmap,
-    /// Phrases that name what is in the region (at least one).
-    pub positives: Vec<String>,
-    /// Phrases of the same text that do not (hard negatives).
-    pub negatives: Vec<String>,
-}
-
-/// Image-text alignment pairs from dataset samples: each report sample's
-/// primary image with its findings report (one pair per image); when the
-/// samples hold no reports (VQA-only data), each question-answer pair's image
-/// with `"{question} {answer}"`. Samples without an image are left out.
-pub fn pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<AlignPair> {
-    sourced_pairs_from_samples(samples)
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect()
-}
-
-/// [`pairs_from_samples`] with the index of the sample each pair came from
-/// (so that callers can attach a [`RegionText`] from the sample's mask).
-pub fn sourced_pairs_from_samples(samples: &[crate::data::Sample]) -> Vec<(usize, AlignPair)> {
-    use crate::data::AnswerType;
-    let mut seen = std::collections::HashSet::new();
-    let reports: Vec<(usize, AlignPair)> = samples
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.answer_type == AnswerType::Report)
-        .filter_map(|(i, s)| {
-            let img = s.images.first()?;
-            seen.insert(img.clone()).then(|| {
-                let p = AlignPair::global(PairImage::Path(img.clone()), s.answer.clone());
-                (i, p)
-            })
-        })
-        .collect();
-    if !reports.is_empty() {
-        return reports;
-    }
-    samples
-        .iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let text = format!("{} {}", s.question.as_deref().unwrap_or(""), s.answer);
-            let image = PairImage::Path(s.images.first()?.clone());
-            Some((i, AlignPair::global(image, text.trim())))
-        })
-        .collect()
-}
-
-/// The softmax temperature of InfoNCE.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Temperature {
-    /// Learned, starting at this temperature (CLIP: 0.07), scale capped at 100.
-    Learnable(f64),
-    Fixed(f64),
-}
 
 /// Sizes and training settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -392,75 +301,6 @@ pub fn tower_configs(cfg: &AlignConfig, vocab_size: usize) -> (VisionConfig, Ber
             pad_token_id: 0,
         },
     )
-}
-
-/// The logit scale: a learnable variable, or a constant.
-pub struct LogitScale {
-    pub var: Option<Var>,
-    pub fixed: f64,
-}
-
-impl LogitScale {
-    pub fn new(t: Temperature, varmap: &VarMap, dtype: DType, dev: &Device) -> Result<Self> {
-        Ok(match t {
-            Temperature::Learnable(t0) => {
-                let vb = VarBuilder::from_varmap(varmap, dtype, dev);
-                vb.get_with_hints((), "logit_scale", candle_nn::Init::Const((1.0 / t0).ln()))?;
-                let var = varmap
-                    .data()
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?
-                    .get("logit_scale")
-                    .cloned()
-                    .context("logit_scale variable")?;
-                LogitScale {
-                    var: Some(var),
-                    fixed: 0.0,
-                }
-            }
-            Temperature::Fixed(t) => LogitScale {
-                var: None,
-                fixed: 1.0 / t,
-            },
-        })
-    }
-
-    /// `s = exp(logit_scale)` (capped at 100) as a scalar tensor, or the fixed value.
-    pub fn scale(&self) -> Result<Option<Tensor>> {
-        Ok(match &self.var {
-            Some(v) => Some(v.as_tensor().clamp(0.0, 100f64.ln())?.exp()?),
-            None => None,
-        })
-    }
-
-    pub fn value(&self) -> Result<f64> {
-        Ok(match &self.var {
-            Some(v) => v
-                .as_tensor()
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?
-                .clamp(0.0, 100f64.ln())
-                .exp(),
-            None => self.fixed,
-        })
-    }
-}
-
-/// Symmetric InfoNCE on image embeddings `[B, D]` and text embeddings `[B, D]`
-/// (matching rows are positives).
-pub fn info_nce(img: &Tensor, txt: &Tensor, scale: &LogitScale) -> Result<Tensor> {
-    let i = l2_normalize(img)?;
-    let t = l2_normalize(txt)?;
-    let sim = i.matmul(&t.t()?)?;
-    let logits = match scale.scale()? {
-        Some(s) => sim.broadcast_mul(&s)?,
-        None => (sim * scale.fixed)?,
-    };
-    let b = logits.dim(0)?;
-    let labels = Tensor::arange(0u32, b as u32, logits.device())?;
-    let a = candle_nn::loss::cross_entropy(&logits, &labels)?;
-    let c = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &labels)?;
-    Ok(((a + c)? * 0.5)?)
 }
 
 /// The contrastive loss of one batch through the differentiable forward.

@@ -209,9 +209,10 @@ impl BertTower {
     }
 }
 
-/// `last[:, 0]`.
+/// `last[:, 0]`, made contiguous: the strided slice would otherwise fail in
+/// later `index_select` calls (batch selection during alignment).
 pub fn cls_token(last: &Tensor) -> Result<Tensor> {
-    Ok(last.narrow(1, 0, 1)?.squeeze(1)?)
+    Ok(last.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?)
 }
 
 /// Masked mean over the sequence: every token with mask 1 (so [CLS] and

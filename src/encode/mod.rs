@@ -1,6 +1,6 @@
 //! Dual encoder (paper Eq. 3-5): a ViT image tower and a text tower (BERT or
 //! CLIP's), each with a linear projection into one embedding space
-//! (DESIGN.md section 2, "One embedding space").
+//! (`docs/design.md`, "One embedding space").
 //!
 //! * f_v(p_i) = projection of the final-normed last-layer token of patch i
 //!   ([`DualEncoder::embed_patches`]);
@@ -18,11 +18,15 @@
 //! no shared space until `hdpo align` learns the projections.
 
 pub mod align;
+pub mod align_pairs;
 pub mod bert;
 pub mod clip_text;
+pub mod contrastive;
+pub mod gradcam;
 pub mod nn;
 pub mod preprocess;
 pub mod region_align;
+pub mod rollout;
 pub mod tokenizer;
 pub mod vit;
 
@@ -55,6 +59,21 @@ pub enum TextPooling {
     Mean,
     /// CLIP: the final-normed end-of-text token.
     Eos,
+}
+
+impl std::str::FromStr for TextPooling {
+    type Err = anyhow::Error;
+
+    /// `mean`, `cls`, `pooler` or `eos` (the names of the encoder config).
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "mean" => TextPooling::Mean,
+            "cls" => TextPooling::Cls,
+            "pooler" => TextPooling::Pooler,
+            "eos" => TextPooling::Eos,
+            other => bail!("text pooling {other:?}: expected mean, cls, pooler or eos"),
+        })
+    }
 }
 
 /// How the image tower's tokens become one global image vector (used for
@@ -514,4 +533,23 @@ pub fn load_bert_dir(dir: &Path, opts: &LoadOptions) -> Result<BertTower> {
     let vb = load_weights(&weights_file(dir)?, opts)?;
     BertTower::load(&vb, &tcfg)
         .with_context(|| format!("loading BERT checkpoint {}", dir.display()))
+}
+
+/// Eq. 2-3 end to end: the heatmap-weighted image embedding v `[D]` of one
+/// preprocessed image (`[3, S, S]` or `[1, 3, S, S]`) under `enc`.
+pub fn heatmap_embedding(
+    enc: &DualEncoder,
+    image: &Tensor,
+    h: &crate::heatmap::Heatmap,
+    id: &str,
+) -> Result<Tensor> {
+    let image = if image.rank() == 3 {
+        image.unsqueeze(0)?
+    } else {
+        image.clone()
+    };
+    let (patches, grid) = enc.embed_patches(&image)?;
+    let s = enc.image_size();
+    let w = crate::heatmap::pool::patch_weights(h, id, (s, s), grid)?;
+    crate::heatmap::pool::weighted_embedding(&w, &patches.squeeze(0)?)
 }

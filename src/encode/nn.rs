@@ -2,7 +2,7 @@
 //! and activations, each with a differentiable path.
 //!
 //! candle's fused `layer_norm` and `softmax_last_dim` drop gradients silently
-//! (DESIGN.md section 4), so every block takes `diff: bool`: `true` composes
+//! (`docs/design.md`, "Differentiable training path"), so every block takes `diff: bool`: `true` composes
 //! the op from basic differentiable ops (`layer_norm_slow`,
 //! `softmax(x, D::Minus1)`), `false` uses the fused kernels for inference.
 

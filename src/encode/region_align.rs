@@ -15,7 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
-use super::align::{AlignPair, LogitScale, RegionText};
+use super::align_pairs::{AlignPair, RegionText};
+use super::contrastive::LogitScale;
 use super::l2_normalize;
 use crate::heatmap::pool::patch_weights;
 
@@ -250,7 +251,7 @@ pub fn heldout_top1(regions: &Tensor, rows: &[&RegionRow], phrases: &Tensor) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::encode::align::PairImage;
+    use crate::encode::align_pairs::PairImage;
     use crate::heatmap::Heatmap;
 
     fn pair(region: Option<(&[&str], &[&str])>) -> AlignPair {

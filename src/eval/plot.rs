@@ -3,30 +3,12 @@
 //! RGB buffer, encoded with `image`, written atomically.
 
 use std::path::Path;
-use std::sync::Once;
 
 use anyhow::{anyhow, bail, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// The bundled font (DejaVu Sans Mono, Bitstream Vera licence: `assets/fonts/DejaVu-LICENSE.txt`).
-/// `plotters` draws text only with a registered font; embedding one keeps the
-/// plots identical on every machine and needs no system font library.
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
-/// The family name the bundled font is registered under (also used by `curate::preview`).
-pub(crate) const FONT_NAME: &str = "sans-serif";
-
-/// Register the bundled font with `plotters` (once per process).
-pub(crate) fn register_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // The font is compiled in; if it failed to parse, text would be missing
-        // but the plot would still be drawn, so the error is only logged.
-        if plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_err() {
-            tracing::warn!("could not register the bundled plot font");
-        }
-    });
-}
+use crate::util::render::{register_font, FONT_NAME};
 
 /// One line of a line chart.
 #[derive(Clone, Debug)]
@@ -41,6 +23,26 @@ pub struct Bar {
     pub group: String,
     pub label: String,
     pub value: f64,
+    /// A 95% interval drawn as an error bar (low, high), when the value has one.
+    pub interval: Option<(f64, f64)>,
+}
+
+/// The grid of every chart: light lines that guide the eye without competing with the data.
+const GRID_BOLD: RGBColor = RGBColor(215, 215, 215);
+const GRID_LIGHT: RGBColor = RGBColor(240, 240, 240);
+/// Error bars: dark grey, with caps.
+const WHISKER: RGBColor = RGBColor(40, 40, 40);
+
+/// A value as the label on top of a bar: one decimal for percentages and other values
+/// above 10, three significant digits below.
+fn value_label(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
 }
 
 const WIDTH: u32 = 900;
@@ -123,7 +125,9 @@ pub fn line_chart(
             .configure_mesh()
             .x_desc(x_label)
             .y_desc(y_label)
-            .label_style((FONT_NAME, 13))
+            .label_style((FONT_NAME, 14))
+            .bold_line_style(GRID_BOLD)
+            .light_line_style(GRID_LIGHT)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for (i, s) in series.iter().enumerate() {
@@ -146,7 +150,7 @@ pub fn line_chart(
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .label_font((FONT_NAME, 13))
+            .label_font((FONT_NAME, 14))
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
@@ -174,7 +178,10 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
     }
     let finite: Vec<f64> = bars
         .iter()
-        .map(|b| b.value)
+        .flat_map(|b| {
+            let (lo, hi) = b.interval.unwrap_or((b.value, b.value));
+            [b.value, lo, hi]
+        })
         .filter(|v| v.is_finite())
         .collect();
     let top = finite.iter().copied().fold(0.0f64, f64::max);
@@ -206,7 +213,9 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
             .disable_x_mesh()
             .x_labels(0)
             .y_desc(y_label)
-            .label_style((FONT_NAME, 13))
+            .label_style((FONT_NAME, 14))
+            .bold_line_style(GRID_BOLD)
+            .light_line_style(GRID_LIGHT)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
         for (li, label) in labels.iter().enumerate() {
@@ -236,17 +245,41 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
                 .filter_map(|b| {
                     let g = groups.iter().position(|g| *g == b.group)?;
                     let x = (g * slots + li) as f64;
+                    let above = b.interval.map_or(b.value, |(_, hi)| hi.max(b.value));
                     Some(Text::new(
-                        format!("{:.3}", b.value),
-                        (x + 0.1, b.value + (y1 - y0) * 0.01),
-                        (FONT_NAME, 11).into_font(),
+                        value_label(b.value),
+                        (x + 0.1, above + (y1 - y0) * 0.012),
+                        (FONT_NAME, 12).into_font(),
                     ))
                 })
                 .collect();
             chart.draw_series(texts).map_err(|e| anyhow!("{e}"))?;
+            // 95% intervals: a whisker from low to high with caps.
+            let whiskers: Vec<_> = bars
+                .iter()
+                .filter(|b| b.label == *label)
+                .filter_map(|b| {
+                    let (lo, hi) = b.interval.filter(|(l, h)| l.is_finite() && h.is_finite())?;
+                    let g = groups.iter().position(|g| *g == b.group)?;
+                    let x = (g * slots + li) as f64 + 0.5;
+                    Some([
+                        PathElement::new(vec![(x, lo), (x, hi)], WHISKER.stroke_width(2)),
+                        PathElement::new(
+                            vec![(x - 0.15, lo), (x + 0.15, lo)],
+                            WHISKER.stroke_width(2),
+                        ),
+                        PathElement::new(
+                            vec![(x - 0.15, hi), (x + 0.15, hi)],
+                            WHISKER.stroke_width(2),
+                        ),
+                    ])
+                })
+                .flatten()
+                .collect();
+            chart.draw_series(whiskers).map_err(|e| anyhow!("{e}"))?;
         }
         let label_style =
-            TextStyle::from((FONT_NAME, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+            TextStyle::from((FONT_NAME, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
         for (g, name) in groups.iter().enumerate() {
             let centre = (g * slots) as f64 + labels.len() as f64 / 2.0;
             let (px, py) = chart.backend_coord(&(centre, y0));
@@ -261,7 +294,7 @@ pub fn bar_chart(path: &Path, title: &str, y_label: &str, bars: &[Bar]) -> Resul
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .label_font((FONT_NAME, 13))
+            .label_font((FONT_NAME, 14))
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(|e| anyhow!("{e}"))?;
@@ -313,11 +346,13 @@ mod tests {
                 group: "vqa".into(),
                 label: "base".into(),
                 value: 0.2,
+                interval: None,
             },
             Bar {
                 group: "vqa".into(),
                 label: "hdpo".into(),
                 value: 0.8,
+                interval: Some((0.7, 0.9)),
             },
         ];
         bar_chart(&p, "closed accuracy", "accuracy", &bars).unwrap();

@@ -16,12 +16,13 @@ use serde_json::Value;
 
 use super::grid::Cell;
 use super::pieces::slug;
-use super::pipeline::DatasetData;
+use super::pieces::DatasetData;
 use super::report::{row_label, ReportFiles};
 use crate::eval::findings::{
     self, format_p, FindingsOptions, FindingsReport, GroundTruth, Item, Metric, PairedReport,
     Scored, Subset,
 };
+use crate::eval::plot::{bar_chart, Bar};
 use crate::util::fsio::{atomic_write, write_json_atomic};
 
 /// One cell's metrics.
@@ -240,6 +241,69 @@ impl HallucinationDoc {
     /// Add the section to a written report: appended to `tables.md` and
     /// stored under `hallucination` in `results.json` (both rewritten
     /// atomically).
+    /// The section's figures in `plots_dir`: for the hallucination, omission and
+    /// misdiagnosis rates and closed-VQA accuracy, one bar chart per starting point
+    /// (`findings_<metric>.png` from the base model, `findings_<metric>_sft.png` from the
+    /// SFT model): bars per method, grouped by subset (normal, subtle, conspicuous, all),
+    /// in percent with the 95% bootstrap interval as an error bar. Ablation cells
+    /// (Tables 3-5) are left out. Returns the files written.
+    pub fn write_figures(&self, plots_dir: &Path) -> Result<Vec<PathBuf>> {
+        const METRICS: [Metric; 4] = [
+            Metric::HallucinationRate,
+            Metric::OmissionRate,
+            Metric::MisdiagnosisRate,
+            Metric::ClosedAccuracy,
+        ];
+        const SUBSETS: [Subset; 4] = [
+            Subset::Normal,
+            Subset::Subtle,
+            Subset::Conspicuous,
+            Subset::All,
+        ];
+        let mut written = Vec::new();
+        for (sft, suffix, from) in [
+            (false, "", "from the base model"),
+            (true, "_sft", "from the SFT model"),
+        ] {
+            let cells: Vec<&CellFindings> = self
+                .cells
+                .iter()
+                .filter(|c| !c.cell.contains('@'))
+                .filter(|c| (c.cell == "sft" || c.cell.starts_with("sft+")) == sft)
+                .collect();
+            for metric in METRICS {
+                let mut bars = Vec::new();
+                for subset in SUBSETS {
+                    for c in &cells {
+                        let Some(e) = c.report.get(subset, metric) else {
+                            continue;
+                        };
+                        let Some(v) = e.value.filter(|v| v.is_finite()) else {
+                            continue;
+                        };
+                        bars.push(Bar {
+                            group: format!("{} (n={})", subset.name(), e.n),
+                            label: c.label.trim_start_matches("+ ").to_string(),
+                            value: 100.0 * v,
+                            interval: e.interval.map(|i| (100.0 * i.lo, 100.0 * i.hi)),
+                        });
+                    }
+                }
+                if bars.is_empty() {
+                    continue;
+                }
+                let path = plots_dir.join(format!("findings_{}{suffix}.png", metric.name()));
+                let title = format!(
+                    "{} (%), {from}; 95% intervals",
+                    metric.label().trim_end_matches(" ↓")
+                );
+                bar_chart(&path, &title, "%", &bars)?;
+                written.push(path);
+            }
+        }
+        Ok(written)
+    }
+
     pub fn append_to(&self, files: &ReportFiles) -> Result<()> {
         let text = std::fs::read_to_string(&files.results_json)
             .with_context(|| format!("cannot read {}", files.results_json.display()))?;

@@ -11,13 +11,24 @@ use anyhow::{Context, Result};
 use candle_core::Var;
 
 use super::config::ExperimentConfig;
-use super::pipeline::DatasetData;
-use super::report::Task;
+use super::report::{DatasetSpec, Task};
 use crate::data::Sample;
 use crate::encode::DualEncoder;
 use crate::model::policy::LlavaPolicy;
 use crate::model::{ChatTemplate, GenerateOptions, LlavaModel, TextTokenizer};
 use crate::train::{Nll, PreferencePair, PreferencePolicy, SeqItem, SftExample, SftPolicy};
+
+/// One dataset with its splits.
+#[derive(Clone, Debug)]
+pub struct DatasetData {
+    pub spec: DatasetSpec,
+    pub train: Vec<Sample>,
+    pub test: Vec<Sample>,
+    /// The dataset's folder (image paths in pair files are relative to it).
+    pub root: PathBuf,
+    /// DAug-style heatmap folder (`{id}_{class}.npy`), when there is one.
+    pub heatmaps: Option<PathBuf>,
+}
 
 pub use crate::model::predict::PredictionRow;
 
@@ -39,29 +50,21 @@ impl SftPolicy for FullWeights<'_> {
     }
 }
 
-/// SFT examples (question or report prompt, answer, primary image).
+/// SFT examples ([`crate::model::policy::sft_examples`]) with ids qualified
+/// by the dataset (`{dataset}:{id}`), since the experiment mixes datasets.
 pub fn sft_examples(samples: &[Sample]) -> Result<Vec<SftExample>> {
-    samples
-        .iter()
-        .map(|s| {
-            Ok(SftExample {
-                id: format!("{}:{}", s.dataset, s.id),
-                item: SeqItem {
-                    prompt: super::baselines::common::prompt_of(s),
-                    response: s.answer.clone(),
-                    image: Some(super::baselines::common::image_of(s)?.to_path_buf()),
-                },
-            })
-        })
-        .collect()
+    let mut examples = crate::model::policy::sft_examples(samples)?;
+    for (e, s) in examples.iter_mut().zip(samples) {
+        e.id = format!("{}:{}", s.dataset, s.id);
+    }
+    Ok(examples)
 }
 
+/// The last logged loss of the run in `dir`, `n/a` when there is none.
 fn last_loss(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("train_log.jsonl"))
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_string))
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
-        .and_then(|v| v.get("loss").and_then(|x| x.as_f64()))
+    crate::train::metrics::read_log_rows(dir)
+        .last()
+        .and_then(|r| r.loss)
         .map(|x| format!("{x:.3}"))
         .unwrap_or_else(|| "n/a".into())
 }
@@ -167,7 +170,7 @@ pub fn predict(
     samples
         .iter()
         .map(|s| {
-            let q = super::baselines::common::prompt_of(s);
+            let q = s.prompt();
             let prediction = generate(
                 model,
                 tok,

@@ -14,14 +14,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Tensor;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::baselines::{self, BuildContext, ImageTextScore, Responder};
 use super::config::ExperimentConfig;
 use super::grid::{self, Cell, CellCache, CellResult, CurvePoint, Variant};
-use super::pieces;
+use super::pieces::{self, DatasetData};
 use super::report::{self, add_primary, DatasetSpec, Task, PROBE};
 use super::tiny;
 use crate::data::pairs::PairRecord;
@@ -31,7 +30,7 @@ use crate::eval::probe::{lesion_probe, Answerer};
 use crate::eval::subsets::is_subtle_sample;
 use crate::eval::tables::ResultRow;
 use crate::model::{ChatTemplate, LlavaModel, LoraConfig, TargetModules, TextTokenizer};
-use crate::train::{PreferencePair, SeqItem};
+use crate::train::{LossType, PreferencePair, SeqItem};
 use crate::util::fsio::{atomic_write, write_json_atomic};
 use crate::util::seed::rng_for;
 
@@ -53,18 +52,6 @@ impl Progress for LogProgress {
     fn done(&self, name: &str, summary: &str, seconds: f64) {
         tracing::info!("{name}: {summary} ({seconds:.1} s)");
     }
-}
-
-/// One dataset with its splits.
-#[derive(Clone, Debug)]
-pub struct DatasetData {
-    pub spec: DatasetSpec,
-    pub train: Vec<Sample>,
-    pub test: Vec<Sample>,
-    /// The dataset's folder (image paths in pair files are relative to it).
-    pub root: PathBuf,
-    /// DAug-style heatmap folder (`{id}_{class}.npy`), when there is one.
-    pub heatmaps: Option<PathBuf>,
 }
 
 /// The record of a run (`run.json`).
@@ -260,6 +247,12 @@ pub fn run(cfg: &ExperimentConfig, run_dir: &Path, progress: &dyn Progress) -> R
             super::hallucination::compute(&cells, |c| cache.cell_dir(c), &prep.datasets, &opts)?;
         if let Some(doc) = doc {
             doc.append_to(&files)?;
+            let plots = files
+                .results_json
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("plots");
+            doc.write_figures(&plots)?;
         }
     }
     let tables_markdown = std::fs::read_to_string(&files.tables_md)?;
@@ -567,16 +560,13 @@ fn load_model(cfg: &ExperimentConfig, dir: &Path) -> Result<LlavaModel> {
 }
 
 fn curve_of(run_dir: &Path) -> Vec<CurvePoint> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join("train_log.jsonl")) else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
+    crate::train::metrics::read_log_rows(run_dir)
+        .into_iter()
+        .filter_map(|r| {
             Some(CurvePoint {
-                step: v.get("step")?.as_u64()? as usize,
-                loss: v.get("loss")?.as_f64()?,
-                margin: v.get("rewards/margins").and_then(|m| m.as_f64()),
+                step: r.step?,
+                loss: r.loss?,
+                margin: r.margin,
             })
         })
         .collect()
@@ -810,7 +800,7 @@ fn pairs_for(
     cell: &Cell,
     cache: &CellCache,
     view: &ModelView,
-) -> Result<(Vec<PreferencePair>, String)> {
+) -> Result<(Vec<PreferencePair>, LossType)> {
     let m = cell.method.as_str();
     if m == "dpo" || m == "hdpo" {
         let source = match &cell.variant {
@@ -831,10 +821,14 @@ fn pairs_for(
                 .map(Variant::label)
                 .unwrap_or_default()
         );
-        let loss = if m == "dpo" { "dpo" } else { "hdpo" };
+        let loss = if m == "dpo" {
+            LossType::Dpo
+        } else {
+            LossType::Hdpo
+        };
         return Ok((
             subset(pairs, p.cfg.preference.max_pairs, p.cfg.seed, &label),
-            loss.into(),
+            loss,
         ));
     }
     let builder = baselines::by_name(m)?;
@@ -867,7 +861,7 @@ fn pairs_for(
     let pairs = to_pairs(&pair_file, &records)?;
     Ok((
         subset(pairs, p.cfg.preference.max_pairs, p.cfg.seed, m),
-        builder.loss().into(),
+        builder.loss(),
     ))
 }
 
@@ -896,7 +890,7 @@ fn compute_cell(p: &Prepared, cell: &Cell, cache: &CellCache) -> Result<CellResu
             std::fs::remove_dir_all(&run)?;
         }
         let pcfg = crate::train::PreferenceConfig {
-            loss: loss.clone(),
+            loss,
             alpha: cfg.preference.alpha,
             run: stage_run(cfg.preference.batch_size, cfg.preference.epochs, cfg.seed),
             optim: stage_optim(cfg.preference.learning_rate),
@@ -958,7 +952,7 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
             let r = lesion_probe(
                 &view,
                 &d.test,
-                &baselines::common::prompt_of,
+                &Sample::prompt,
                 &work.join("probe_images").join(pieces::slug(&d.spec.label)),
                 cfg.eval.probe_max_samples,
             )?;
@@ -997,6 +991,3 @@ fn evaluate(p: &Prepared, cell: &Cell, model: &LlavaModel, work: &Path) -> Resul
     }
     Ok(rows)
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Tensor) {}

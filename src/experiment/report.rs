@@ -527,6 +527,7 @@ pub fn write_plots(
                         group: r.dataset.clone(),
                         label: label.trim_start_matches("+ ").to_string(),
                         value: v * 100.0,
+                        interval: None,
                     },
                 );
             }

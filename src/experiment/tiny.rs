@@ -151,10 +151,10 @@ pub fn init_tiny_model(
 ) -> Result<(LlavaModel, Tokenizer)> {
     let mut texts: Vec<String> = train
         .iter()
-        .flat_map(|s| [s.answer.clone(), super::baselines::common::prompt_of(s)])
+        .flat_map(|s| [s.answer.clone(), s.prompt()])
         .collect();
     texts.push(template.prompt_text("", false));
-    texts.push(super::baselines::common::REPORT_PROMPT.into());
+    texts.push(crate::data::REPORT_PROMPT.into());
     texts.push("no abnormalities yes no".into());
     texts.extend(
         crate::data::phantom::text::vocabulary()

@@ -10,11 +10,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::io::{daug_files, read_daug, read_heatmap};
 use super::source::{HeatmapSource, SampleView};
-use super::Heatmap;
+use super::{Heatmap, HeatmapError, HeatmapFault};
 
 /// Heatmap files in a folder.
 #[derive(Clone, Debug)]
@@ -79,12 +79,15 @@ impl HeatmapSource for FileSource {
                     .map_err(|e| e.context(format!("sample {}: heatmap file", sample.id)));
             }
         }
-        bail!(
-            "sample {}: no heatmap file {{{}}}_{}.npy in {} (missing heatmap)",
-            sample.id,
-            Self::candidate_ids(sample).join(","),
-            self.class.as_deref().unwrap_or("<class>"),
-            self.dir.display()
-        )
+        Err(HeatmapError::err(
+            HeatmapFault::Missing,
+            format!(
+                "sample {}: no heatmap file {{{}}}_{}.npy in {} (missing heatmap)",
+                sample.id,
+                Self::candidate_ids(sample).join(","),
+                self.class.as_deref().unwrap_or("<class>"),
+                self.dir.display()
+            ),
+        ))
     }
 }

@@ -6,7 +6,7 @@
 //! * 8- or 16-bit grayscale PNG heatmaps, scaled to `0..=1`.
 //! * Lesion masks from PNG: binary (any non-zero pixel is lesion) or indexed
 //!   like SLAKE's `mask.png` (the chosen label values are lesion), see [`MaskLabels`].
-//! * The subtle-lesion predicate of DESIGN.md: a lesion covering less than
+//! * The subtle-lesion predicate (`docs/design.md`, "Subtle lesions"): a lesion covering less than
 //!   5% of the image ([`SUBTLE_THRESHOLD`], configurable) is subtle.
 //!
 //! Every error names the file.
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{Heatmap, LesionMask};
+use super::{Heatmap, HeatmapError, HeatmapFault, LesionMask};
 use crate::util::fsio::{atomic_write_with, resolve_in_root};
 
 /// The default subtle-lesion threshold: a lesion under 5% of the image area.
@@ -50,10 +50,13 @@ pub fn read_heatmap(path: &Path, expected: Option<(usize, usize)>) -> Result<Hea
 fn check_size(path: &Path, h: usize, w: usize, expected: Option<(usize, usize)>) -> Result<()> {
     if let Some((eh, ew)) = expected {
         if (h, w) != (eh, ew) {
-            bail!(
-                "{}: size {h}x{w} (height x width) does not match the image size {eh}x{ew}",
-                path.display()
-            );
+            return Err(HeatmapError::err(
+                HeatmapFault::ShapeMismatch,
+                format!(
+                    "{}: size {h}x{w} (height x width) does not match the image size {eh}x{ew}",
+                    path.display()
+                ),
+            ));
         }
     }
     Ok(())
@@ -236,13 +239,19 @@ pub fn read_daug(
     if let Some(c) = class {
         let p = resolve_in_root(dir, &daug_name(id, c), &what)?;
         if !p.is_file() {
-            bail!("{what}: {} does not exist", p.display());
+            return Err(HeatmapError::err(
+                HeatmapFault::Missing,
+                format!("{what}: {} does not exist", p.display()),
+            ));
         }
         return read_heatmap(&p, expected);
     }
     let files = daug_files(dir, id)?;
     if files.is_empty() {
-        bail!("{what}: no file {id}_<class>.npy in {}", dir.display());
+        return Err(HeatmapError::err(
+            HeatmapFault::Missing,
+            format!("{what}: no file {id}_<class>.npy in {}", dir.display()),
+        ));
     }
     let mut acc: Option<Heatmap> = None;
     for (_, p) in files {
@@ -251,14 +260,17 @@ pub fn read_daug(
             None => h,
             Some(mut a) => {
                 if (a.height, a.width) != (h.height, h.width) {
-                    bail!(
-                        "{}: size {}x{} differs from the other classes' {}x{}",
-                        p.display(),
-                        h.height,
-                        h.width,
-                        a.height,
-                        a.width
-                    );
+                    return Err(HeatmapError::err(
+                        HeatmapFault::ShapeMismatch,
+                        format!(
+                            "{}: size {}x{} differs from the other classes' {}x{}",
+                            p.display(),
+                            h.height,
+                            h.width,
+                            a.height,
+                            a.width
+                        ),
+                    ));
                 }
                 for (x, y) in a.data.iter_mut().zip(&h.data) {
                     *x = x.max(*y);

@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 
 use super::source::{HeatmapSource, SampleView};
-use super::{Heatmap, LesionMask};
+use super::{Heatmap, HeatmapError, HeatmapFault, LesionMask};
+use crate::util::blur::gaussian_blur;
 
 /// Heatmaps from the samples' lesion-mask files (any non-zero pixel is lesion).
 #[derive(Clone, Debug, Default)]
@@ -20,9 +21,12 @@ impl HeatmapSource for MaskSource {
 
     fn heatmap(&self, sample: &SampleView) -> Result<Heatmap> {
         let id = sample.id;
-        let path = sample
-            .mask_path
-            .with_context(|| format!("sample {id}: no lesion mask for the mask heatmap source"))?;
+        let path = sample.mask_path.ok_or_else(|| {
+            HeatmapError::err(
+                HeatmapFault::Missing,
+                format!("sample {id}: no lesion mask for the mask heatmap source"),
+            )
+        })?;
         let mask = read_mask(path).with_context(|| format!("sample {id}"))?;
         mask_heatmap(&mask, self.sigma, id)
     }
@@ -51,7 +55,10 @@ pub fn mask_heatmap(mask: &LesionMask, sigma: Option<f32>, id: &str) -> Result<H
         );
     }
     if !mask.data.iter().any(|b| *b) {
-        bail!("sample {id}: lesion mask has no lesion pixels");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: lesion mask has no lesion pixels"),
+        ));
     }
     let mut data: Vec<f32> = mask
         .data
@@ -65,36 +72,4 @@ pub fn mask_heatmap(mask: &LesionMask, sigma: Option<f32>, id: &str) -> Result<H
         data = gaussian_blur(&data, mask.height, mask.width, s);
     }
     Heatmap::new(mask.height, mask.width, data).with_context(|| format!("sample {id}"))
-}
-
-/// Separable Gaussian blur (kernel radius ceil(3σ), normalised), edges clamped.
-pub fn gaussian_blur(src: &[f32], h: usize, w: usize, sigma: f32) -> Vec<f32> {
-    let r = ((3.0 * sigma).ceil() as isize).clamp(1, h.max(w) as isize);
-    let k: Vec<f32> = (-r..=r)
-        .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
-        .collect();
-    let sum: f32 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
-    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
-    let mut tmp = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            tmp[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| kv * src[y * w + clamp(x as isize + j as isize - r, w)])
-                .sum();
-        }
-    }
-    let mut out = vec![0f32; h * w];
-    for y in 0..h {
-        for x in 0..w {
-            out[y * w + x] = k
-                .iter()
-                .enumerate()
-                .map(|(j, kv)| kv * tmp[clamp(y as isize + j as isize - r, h) * w + x])
-                .sum();
-        }
-    }
-    out
 }

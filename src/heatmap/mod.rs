@@ -3,19 +3,48 @@
 //! the salient region Ω*.
 
 pub mod file;
-pub mod gradcam;
 pub mod io;
 pub mod mask;
 pub mod pool;
 pub mod region;
 pub mod resize;
-pub mod rollout;
 pub mod source;
 pub mod uniform;
 
 pub use source::{HeatmapSource, SampleView};
 
 use anyhow::{bail, Result};
+
+/// Why a sample's heatmap is unusable, in the terms curation counts skips by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HeatmapFault {
+    /// The heatmap (or lesion mask) has no positive value, at its own size or
+    /// after pooling.
+    AllZero,
+    /// Its size does not fit (the image, the other class files, its values).
+    ShapeMismatch,
+    /// There is no heatmap or mask to read for the sample.
+    Missing,
+}
+
+/// A heatmap error with its [`HeatmapFault`], so that callers can tell the
+/// faults apart by type (`anyhow::Error::downcast_ref`), not by message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct HeatmapError {
+    pub fault: HeatmapFault,
+    pub message: String,
+}
+
+impl HeatmapError {
+    /// An `anyhow::Error` of `fault` with `message`.
+    pub fn err(fault: HeatmapFault, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(HeatmapError {
+            fault,
+            message: message.into(),
+        })
+    }
+}
 
 /// A lesion heatmap: `height × width` non-negative finite f32 values, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,14 +59,20 @@ impl Heatmap {
     /// non-negative (the paper's H(p_i) is a non-negative response).
     pub fn new(height: usize, width: usize, data: Vec<f32>) -> Result<Self> {
         if height == 0 || width == 0 {
-            bail!("heatmap has an empty shape {height}x{width}");
+            return Err(HeatmapError::err(
+                HeatmapFault::ShapeMismatch,
+                format!("heatmap has an empty shape {height}x{width}"),
+            ));
         }
         if data.len() != height * width {
-            bail!(
-                "heatmap data has {} values but the shape {height}x{width} needs {}",
-                data.len(),
-                height * width
-            );
+            return Err(HeatmapError::err(
+                HeatmapFault::ShapeMismatch,
+                format!(
+                    "heatmap data has {} values but the shape {height}x{width} needs {}",
+                    data.len(),
+                    height * width
+                ),
+            ));
         }
         if let Some((i, v)) = data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             bail!(

@@ -1,5 +1,5 @@
 //! Heatmap to patches (paper Eq. 2) and the heatmap-weighted image embedding
-//! (Eq. 3), as DESIGN.md section 2 fixes them: resize the heatmap to the
+//! (Eq. 3), as `docs/design.md`, "Heatmap to patches" fixes them: resize the heatmap to the
 //! image tower's input size (bilinear), H(p_i) = mean of the heatmap over
 //! patch i, H̃ = H / Σ H.
 
@@ -7,18 +7,21 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::resize::resize_bilinear;
-use super::Heatmap;
+use super::{Heatmap, HeatmapError, HeatmapFault};
 
 /// Reject heatmaps that are empty, wrongly sized, negative, non-finite or all
 /// zero, naming the sample `id`.
 pub fn check_heatmap(h: &Heatmap, id: &str) -> Result<()> {
     if h.height == 0 || h.width == 0 || h.data.len() != h.height * h.width {
-        bail!(
-            "sample {id}: heatmap has shape {}x{} but {} values",
-            h.height,
-            h.width,
-            h.data.len()
-        );
+        return Err(HeatmapError::err(
+            HeatmapFault::ShapeMismatch,
+            format!(
+                "sample {id}: heatmap has shape {}x{} but {} values",
+                h.height,
+                h.width,
+                h.data.len()
+            ),
+        ));
     }
     if let Some((i, v)) = h.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         bail!(
@@ -35,7 +38,10 @@ pub fn check_heatmap(h: &Heatmap, id: &str) -> Result<()> {
         );
     }
     if h.data.iter().all(|v| *v == 0.0) {
-        bail!("sample {id}: heatmap is all zero (no salient region to weight patches by)");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap is all zero (no salient region to weight patches by)"),
+        ));
     }
     Ok(())
 }
@@ -69,7 +75,10 @@ pub fn patch_weights(
     }
     let total: f64 = w.iter().sum();
     if !(total > 0.0 && total.is_finite()) {
-        bail!("sample {id}: heatmap pools to zero over the patch grid");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap pools to zero over the patch grid"),
+        ));
     }
     Ok(w.into_iter().map(|v| (v / total) as f32).collect())
 }
@@ -82,23 +91,4 @@ pub fn weighted_embedding(weights: &[f32], patches: &Tensor) -> Result<Tensor> {
     }
     let w = Tensor::from_slice(weights, (1, n), patches.device())?.to_dtype(patches.dtype())?;
     Ok(w.matmul(patches)?.squeeze(0)?)
-}
-
-/// Eq. 2-3 end to end: the heatmap-weighted image embedding v `[D]` of one
-/// preprocessed image (`[3, S, S]` or `[1, 3, S, S]`) under `enc`.
-pub fn heatmap_embedding(
-    enc: &crate::encode::DualEncoder,
-    image: &Tensor,
-    h: &Heatmap,
-    id: &str,
-) -> Result<Tensor> {
-    let image = if image.rank() == 3 {
-        image.unsqueeze(0)?
-    } else {
-        image.clone()
-    };
-    let (patches, grid) = enc.embed_patches(&image)?;
-    let s = enc.image_size();
-    let w = patch_weights(h, id, (s, s), grid)?;
-    weighted_embedding(&w, &patches.squeeze(0)?)
 }

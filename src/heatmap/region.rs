@@ -1,4 +1,5 @@
-//! The salient region Ω* (paper Eq. 8; DESIGN.md section 2): the connected
+//! The salient region Ω* (paper Eq. 8; `docs/design.md`, "Salient region
+//! and false negatives"): the connected
 //! region around the heatmap's peak above a threshold (default 0.5 × max; or
 //! a top quantile), dilated by a few pixels, as a mask at image size.
 
@@ -8,7 +9,7 @@ use anyhow::{bail, Result};
 
 use super::pool::check_heatmap;
 use super::resize::resize_bilinear;
-use super::{Heatmap, LesionMask};
+use super::{Heatmap, HeatmapError, HeatmapFault, LesionMask};
 
 /// Which pixels count as salient.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -69,7 +70,10 @@ pub fn salient_region(
                 |(bi, bv), (i, v)| if v > bv { (i, v) } else { (bi, bv) },
             );
     if max <= 0.0 {
-        bail!("sample {id}: heatmap is all zero at image size");
+        return Err(HeatmapError::err(
+            HeatmapFault::AllZero,
+            format!("sample {id}: heatmap is all zero at image size"),
+        ));
     }
     let t = match opts.threshold {
         Threshold::FractionOfMax(f) => {

@@ -1,7 +1,8 @@
 //! The Llama / Mistral decoder, built for training: grouped-query attention
 //! with RoPE (HF `rotate_half` form, configured theta), RMSNorm, SwiGLU MLP,
 //! optional sliding window, logits at every position and a padding mask.
-//! Every op on the training path is differentiable (DESIGN.md section 4); on
+//! Every op on the training path is differentiable (`docs/design.md`,
+//! "Differentiable training path"); on
 //! the CPU the norms, RoPE, softmax and SwiGLU product are the fused kernels
 //! of [`super::fused`], elsewhere their composed forms.
 //! Generation uses the same layers with a [`KvCache`].

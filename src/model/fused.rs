@@ -1,7 +1,7 @@
 //! Fused CPU kernels with their own backward for the decoder's training path.
 //!
 //! candle's own fused ops (`rms_norm`, `softmax_last_dim`, `rope`) drop
-//! gradients (DESIGN.md section 4), so the decoder composes them from
+//! gradients (`docs/design.md`, "Differentiable training path"), so the decoder composes them from
 //! differentiable element-wise ops: several passes and allocations over each
 //! tensor forward, and as many again backward. The ops here do each in one
 //! pass forward and one backward, as candle `CustomOp`s with `bwd`:

@@ -1,8 +1,8 @@
-//! Minimal CLIP image preprocessing for the model's own tests and CLI.
-//!
-//! TEMPORARY: to be replaced by `data::image` (written in parallel by the data
-//! helper) at merge. Resize so the shortest edge is `size` (bicubic), centre
-//! crop to `size`, then `(x / 255 - mean) / std` per channel, CHW.
+//! The CLIP image preprocessing of `hdpo model logprobs` / `generate` and the
+//! model's tests: resize so the shortest edge is `size` (bicubic), centre
+//! crop to `size`, then `(x / 255 - mean) / std` per channel, CHW. (`hdpo
+//! predict` and training read images through `data::image::Preprocess`; the
+//! two are not yet one module, see the project's issue #15.)
 
 use std::path::Path;
 

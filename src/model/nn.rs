@@ -1,7 +1,7 @@
 //! Building blocks shared by the vision tower, the projector and the decoder:
 //! a linear layer that can carry a LoRA adapter, and the normalisations.
 //!
-//! Only differentiable candle ops are used here (DESIGN.md section 4: the fused
+//! Only differentiable candle ops are used here (`docs/design.md`, "Differentiable training path": the fused
 //! `rms_norm` / `layer_norm` / `softmax_last_dim` drop gradients silently).
 
 use candle_core::{DType, Result, Tensor, Var};

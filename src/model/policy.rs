@@ -10,7 +10,7 @@
 //! log π(y|x) = Σ_{t ∈ response ∪ {EOS}} log softmax(logits[t−1])[y_t]
 //! ```
 //!
-//! with the prompt and image tokens masked out (DESIGN.md "Loss"). Each
+//! with the prompt and image tokens masked out (`docs/design.md`, "Loss"). Each
 //! sequence carries its own image, so the chosen and rejected sides of a pair
 //! may show different images (the masked image of HDPO's false-positive and
 //! false-negative pairs). Several sequences go through the model as one
@@ -38,8 +38,7 @@ use crate::data::pairs::PairRecord;
 use crate::data::{AnswerType, Sample};
 use crate::train::{Nll, PreferencePair, PreferencePolicy, SeqItem, SftExample, SftPolicy};
 
-/// The prompt of report-generation samples (which have no question).
-pub const REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
+pub use crate::data::REPORT_PROMPT;
 
 /// How many preprocessed images the policy keeps (pixel tensors by path).
 pub const IMAGE_CACHE_ENTRIES: usize = 512;
@@ -418,14 +417,6 @@ pub fn read_preference_pairs(pair_file: &Path) -> Result<Vec<PreferencePair>> {
     preference_pairs(pair_file, &records)
 }
 
-/// The question a sample is asked with (reports get [`REPORT_PROMPT`]).
-pub fn sample_prompt(s: &Sample) -> String {
-    match (&s.question, s.answer_type) {
-        (Some(q), _) => q.clone(),
-        (None, _) => REPORT_PROMPT.to_string(),
-    }
-}
-
 /// SFT examples from dataset samples: (question, answer, primary image).
 /// Samples without an image are an error naming them.
 pub fn sft_examples(samples: &[Sample]) -> Result<Vec<SftExample>> {
@@ -438,7 +429,7 @@ pub fn sft_examples(samples: &[Sample]) -> Result<Vec<SftExample>> {
             Ok(SftExample {
                 id: s.id.clone(),
                 item: SeqItem {
-                    prompt: sample_prompt(s),
+                    prompt: s.prompt(),
                     response: s.answer.clone(),
                     image: Some(image.clone()),
                 },

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::generate::GenerateOptions;
 use super::llava::LlavaModel;
-use super::policy::{answer_type_name, sample_prompt, LlavaPolicy};
+use super::policy::{answer_type_name, LlavaPolicy};
 use super::template::{ChatTemplate, TextTokenizer};
 use crate::data::image::Preprocess;
 use crate::data::Sample;
@@ -75,7 +75,7 @@ fn predict_one(
     s: &Sample,
     gen: &GenerateOptions,
 ) -> Result<PredictionRow> {
-    let question = sample_prompt(s);
+    let question = s.prompt();
     let image = s.images.first();
     let prompt = policy.encode_prompt(&question, image.is_some())?;
     let px = image.map(|p| policy.pixels(p)).transpose()?;
@@ -240,7 +240,7 @@ pub fn predict_to_file(
 
 fn bar(len: u64, show: bool) -> indicatif::ProgressBar {
     if show {
-        crate::train::progress_bar(len, "predict")
+        crate::util::progress::bar(len, "predict")
     } else {
         indicatif::ProgressBar::hidden()
     }

@@ -1,5 +1,5 @@
-//! Tokenizer (`tokenizer.json`) and chat templates by name (DESIGN.md "Chat
-//! templates"), and the encoding of (template, prompt, response) into the
+//! Tokenizer (`tokenizer.json`) and chat templates by name (`docs/design.md`,
+//! "Chat templates"), and the encoding of (template, prompt, response) into the
 //! token ids, response mask and image positions a trainer needs.
 //!
 //! Image tokens are laid out in one of two ways that give the same decoder

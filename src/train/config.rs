@@ -10,7 +10,7 @@
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-use super::losses::DEFAULT_ALPHA;
+use super::losses::{LossType, DEFAULT_ALPHA};
 
 /// The learning-rate schedule after the warm-up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,8 +150,8 @@ impl RunConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreferenceConfig {
-    /// `hdpo`, `dpo` or `mdpo` (see `losses::NAMES`).
-    pub loss: String,
+    /// `hdpo`, `dpo` or `mdpo`.
+    pub loss: LossType,
     /// α of Eq. 1 / Eq. 13 (TRL's beta).
     pub alpha: f64,
     pub run: RunConfig,
@@ -168,7 +168,7 @@ impl PreferenceConfig {
     /// The paper's setting (section 4.1): LoRA, batch 4, lr 1e-7, 3 epochs, α = 0.1.
     pub fn paper() -> Self {
         Self {
-            loss: "hdpo".into(),
+            loss: LossType::Hdpo,
             alpha: DEFAULT_ALPHA,
             run: RunConfig::default(),
             optim: OptimConfig::default(),
@@ -180,7 +180,7 @@ impl PreferenceConfig {
     /// a much larger step with a short warm-up.
     pub fn phantom() -> Self {
         Self {
-            loss: "hdpo".into(),
+            loss: LossType::Hdpo,
             alpha: DEFAULT_ALPHA,
             run: RunConfig {
                 epochs: 4,
@@ -205,7 +205,7 @@ impl PreferenceConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        super::losses::by_name(&self.loss, self.alpha)?;
+        super::losses::Loss::new(self.loss, self.alpha)?;
         self.run.validate()?;
         self.optim.validate()
     }
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(c.optim.learning_rate, 1e-7);
         assert_eq!(c.run.epochs, 3);
         assert_eq!(c.alpha, 0.1);
-        assert_eq!(c.loss, "hdpo");
+        assert_eq!(c.loss, LossType::Hdpo);
         c.validate().unwrap();
         PreferenceConfig::preset("phantom")
             .unwrap()
@@ -299,7 +299,7 @@ mod tests {
     fn configs_deserialise_with_defaults_and_reject_unknown_fields() {
         let c: PreferenceConfig =
             toml::from_str("loss = \"dpo\"\nalpha = 0.5\n[run]\nbatch_size = 2\n").unwrap();
-        assert_eq!(c.loss, "dpo");
+        assert_eq!(c.loss, LossType::Dpo);
         assert_eq!(c.alpha, 0.5);
         assert_eq!(c.run.batch_size, 2);
         assert_eq!(c.run.epochs, 3);
@@ -319,7 +319,11 @@ mod tests {
             .to_string()
             .contains("batch_size"));
         bad = PreferenceConfig::paper();
-        bad.loss = "nope".into();
-        assert!(bad.validate().is_err());
+        bad.alpha = 0.0;
+        assert!(bad.validate().unwrap_err().to_string().contains("alpha"));
+        let e = toml::from_str::<PreferenceConfig>("loss = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("hdpo"), "{e}");
     }
 }

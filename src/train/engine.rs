@@ -173,7 +173,7 @@ pub(crate) fn run<T: Task>(
         (0, 0, 0, TrainLog::open(&log_path, 0)?, None)
     };
 
-    let pb = super::progress_bar(total_steps as u64, label);
+    let pb = crate::util::progress::bar(total_steps as u64, label);
     pb.set_position(step);
     let mut last: Option<Map<String, Value>> = None;
     let mut halted = false;

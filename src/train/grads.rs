@@ -2,7 +2,7 @@
 //!
 //! Each micro-step runs its own forward and backward; its `GradStore` is
 //! added here and dropped, together with the micro-step's graph, before the
-//! next micro-step starts (DESIGN.md section 4, "Gradient accumulation").
+//! next micro-step starts (`docs/design.md`, "Gradient accumulation").
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
@@ -53,7 +53,7 @@ impl GradAccumulator {
                 bail!(
                     "trainable tensor '{name}' received no gradient: it is not on the loss's \
                      graph (a fused candle op such as softmax_last_dim or rms_norm drops \
-                     gradients, see DESIGN.md section 4)"
+                     gradients, see docs/design.md, \"Differentiable training path\")"
                 );
             };
             out.push(if scale == 1.0 { g } else { (g * scale)? });

@@ -181,9 +181,62 @@ pub fn read_log(path: &Path) -> Result<Vec<Map<String, Value>>> {
     Ok(rows)
 }
 
+/// The fields of a `train_log.jsonl` row that readers of a finished run use
+/// (the other logged fields are ignored).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+pub struct LogRow {
+    #[serde(default)]
+    pub step: Option<usize>,
+    #[serde(default)]
+    pub loss: Option<f64>,
+    /// TRL's `rewards/margins` (preference runs only).
+    #[serde(default, rename = "rewards/margins")]
+    pub margin: Option<f64>,
+}
+
+/// The rows of `run_dir`'s `train_log.jsonl` that parse as [`LogRow`], in
+/// order; none when the file is missing.
+pub fn read_log_rows(run_dir: &Path) -> Vec<LogRow> {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(super::engine::LOG_FILE)) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<LogRow>(l).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_rows_read_step_loss_and_margin_by_type() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("train_log.jsonl"),
+            "{\"step\": 1, \"loss\": 0.5, \"rewards/margins\": 0.25, \"lr\": 1e-3}\n\
+             {\"step\": 2, \"loss\": 0.25}\n\
+             not json\n",
+        )
+        .unwrap();
+        let rows = read_log_rows(dir.path());
+        assert_eq!(
+            rows,
+            vec![
+                LogRow {
+                    step: Some(1),
+                    loss: Some(0.5),
+                    margin: Some(0.25)
+                },
+                LogRow {
+                    step: Some(2),
+                    loss: Some(0.25),
+                    margin: None
+                },
+            ]
+        );
+        assert!(read_log_rows(&dir.path().join("none")).is_empty());
+    }
 
     fn st(kind: &str, rc: f64, rr: f64) -> PairStat {
         PairStat {

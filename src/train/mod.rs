@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{OptimConfig, PreferenceConfig, RunConfig, ScheduleKind, SftConfig};
 pub use engine::LoopSummary;
-pub use losses::{by_name as loss_by_name, LossOutput, PairLogps, PreferenceLoss};
+pub use losses::{by_name as loss_by_name, Loss, LossOutput, LossType, PairLogps, PreferenceLoss};
 
 /// One (prompt, response, image) sequence whose response the model scores.
 /// `prompt` is the question only; the model applies its chat template.
@@ -46,7 +46,7 @@ pub struct SeqItem {
 }
 
 /// One preference pair as the trainer needs it (a subset of the pair record
-/// schema in DESIGN.md "Pair records"; chosen and rejected may carry
+/// schema in `docs/design.md`, "Pair records"; chosen and rejected may carry
 /// different images).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PreferencePair {
@@ -132,24 +132,4 @@ pub fn peak_rss_bytes() -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb * 1024)
-}
-
-/// A progress bar for the training loops (the library cannot reach the
-/// binary's `cli::progress`; same look, hidden when stderr is not a terminal
-/// unless `HDPO_PROGRESS=1`).
-pub(crate) fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
-    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let pb = ProgressBar::new(len);
-    if std::env::var_os("HDPO_PROGRESS").is_none()
-        && !std::io::IsTerminal::is_terminal(&std::io::stderr())
-    {
-        pb.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} eta {eta} {msg}")
-    {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_prefix(what.to_string());
-    pb
 }

@@ -284,8 +284,8 @@ pub fn train_from_config<P: PreferencePolicy + ?Sized>(
     config: &PreferenceConfig,
     out_dir: &Path,
 ) -> Result<PreferenceSummary> {
-    let loss = super::losses::by_name(&config.loss, config.alpha)?;
-    train(policy, pairs, loss.as_ref(), config, out_dir)
+    let loss = super::losses::Loss::new(config.loss, config.alpha)?;
+    train(policy, pairs, &loss, config, out_dir)
 }
 
 /// One pair's numbers in a dry run.
@@ -434,7 +434,7 @@ pub fn evaluate<P: PreferencePolicy + ?Sized>(
             pairs.len()
         );
     }
-    let pb = super::progress_bar(pairs.len() as u64, "evaluate");
+    let pb = crate::util::progress::bar(pairs.len() as u64, "evaluate");
     let mut stats = Vec::with_capacity(pairs.len());
     for (i, p) in pairs.iter().enumerate() {
         let r = match refs {

@@ -163,7 +163,7 @@ pub fn load_or_compute<P: PreferencePolicy + ?Sized>(
     };
     let mut out: Vec<RefLogps> = Vec::with_capacity(pairs.len());
     let missing = pairs.iter().filter(|p| !cached.contains_key(&p.id)).count();
-    let pb = super::progress_bar(missing as u64, "ref logps");
+    let pb = crate::util::progress::bar(missing as u64, "ref logps");
     let mut computed = 0usize;
     for (i, p) in pairs.iter().enumerate() {
         match cached.get(&p.id) {

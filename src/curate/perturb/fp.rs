@@ -9,8 +9,8 @@
 use anyhow::{Context, Result};
 
 use super::{Fill, MaskedImage, PairKind, PerturbInput, Perturbation, Perturbed, Skip};
-use crate::heatmap::mask::gaussian_blur;
 use crate::heatmap::region::salient_region;
+use crate::util::blur::gaussian_blur;
 
 /// Eq. 8.
 #[derive(Clone, Copy, Debug, Default)]

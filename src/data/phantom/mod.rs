@@ -1,4 +1,4 @@
-//! The phantom benchmark (DESIGN.md section 3): procedural radiograph-like studies with exact lesion masks.
+//! The phantom benchmark (`docs/design.md`, "Phantom benchmark"): procedural radiograph-like studies with exact lesion masks.
 //!
 //! A seeded generator of schematic PA chest radiographs (body outline, two
 //! lungs with vascular markings, mediastinum, heart, clavicles, ribs, spine,
@@ -20,6 +20,7 @@ pub mod heatmap;
 pub mod lesion;
 pub mod preview;
 pub mod raster;
+pub mod study;
 pub mod text;
 pub mod writer;
 

@@ -5,7 +5,8 @@
 use anyhow::Result;
 
 use super::raster::encode_rgb_png;
-use super::writer::RenderedStudy;
+use super::study::RenderedStudy;
+use crate::util::render::jet;
 
 /// 3×5 glyphs, rows top to bottom, `#` for ink.
 fn glyph(c: char) -> Option<[&'static str; 5]> {
@@ -105,15 +106,6 @@ impl Canvas {
             cx += 4 * scale;
         }
     }
-}
-
-/// A jet-like colour for `t` in `0..=1`.
-fn jet(t: f32) -> [f32; 3] {
-    let t = t.clamp(0.0, 1.0);
-    let r = (1.5 - (4.0 * t - 3.0).abs()).clamp(0.0, 1.0);
-    let g = (1.5 - (4.0 * t - 2.0).abs()).clamp(0.0, 1.0);
-    let b = (1.5 - (4.0 * t - 1.0).abs()).clamp(0.0, 1.0);
-    [r, g, b]
 }
 
 fn label_of(s: &RenderedStudy) -> String {

@@ -23,46 +23,13 @@ impl Raster {
         }
     }
 
-    /// Separable Gaussian blur with standard deviation `sigma` pixels; edges
-    /// are clamped (replicated). `sigma <= 0` returns a copy.
+    /// Gaussian blur with standard deviation `sigma` pixels
+    /// ([`crate::util::blur::gaussian_blur`]); `sigma <= 0` returns a copy.
     pub fn gaussian_blur(&self, sigma: f32) -> Raster {
-        if sigma <= 0.0 || self.data.is_empty() {
-            return self.clone();
-        }
-        let radius = (3.0 * sigma).ceil() as isize;
-        let kernel: Vec<f32> = (-radius..=radius)
-            .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
-            .collect();
-        let norm: f32 = kernel.iter().sum();
-        let kernel: Vec<f32> = kernel.iter().map(|k| k / norm).collect();
-        let (w, h) = (self.width as isize, self.height as isize);
-        let mut tmp = vec![0.0f32; self.data.len()];
-        for y in 0..h {
-            let row = &self.data[(y * w) as usize..((y + 1) * w) as usize];
-            for x in 0..w {
-                let mut acc = 0.0;
-                for (k, kv) in kernel.iter().enumerate() {
-                    let xx = (x + k as isize - radius).clamp(0, w - 1);
-                    acc += kv * row[xx as usize];
-                }
-                tmp[(y * w + x) as usize] = acc;
-            }
-        }
-        let mut out = vec![0.0f32; self.data.len()];
-        for y in 0..h {
-            for x in 0..w {
-                let mut acc = 0.0;
-                for (k, kv) in kernel.iter().enumerate() {
-                    let yy = (y + k as isize - radius).clamp(0, h - 1);
-                    acc += kv * tmp[(yy * w + x) as usize];
-                }
-                out[(y * w + x) as usize] = acc;
-            }
-        }
         Raster {
             width: self.width,
             height: self.height,
-            data: out,
+            data: crate::util::blur::gaussian_blur(&self.data, self.height, self.width, sigma),
         }
     }
 

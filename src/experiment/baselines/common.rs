@@ -12,14 +12,6 @@ use super::BuildContext;
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
 
-/// The prompt of report samples (the same text the policy uses).
-pub const REPORT_PROMPT: &str = "Describe the findings of this chest X-ray.";
-
-/// The question a sample is asked with (reports get [`REPORT_PROMPT`]).
-pub fn prompt_of(s: &Sample) -> String {
-    s.question.clone().unwrap_or_else(|| REPORT_PROMPT.into())
-}
-
 /// The sample's primary image, or an error naming the sample.
 pub fn image_of(s: &Sample) -> Result<&Path> {
     s.images
@@ -312,7 +304,7 @@ pub fn record(
     Ok(PairRecord {
         id: format!("{}:{}", s.id, kind),
         kind: kind.into(),
-        prompt: prompt_of(s),
+        prompt: s.prompt(),
         chosen: chosen.into(),
         rejected: rejected.into(),
         chosen_image: pair_image_path(ctx.root, chosen_image)?,

@@ -13,6 +13,7 @@ use super::common::{corrupt_image, generated_image, image_of, record, swap_term,
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
+use crate::train::LossType;
 use crate::util::seed::rng_for;
 
 #[derive(Clone, Debug)]
@@ -32,8 +33,8 @@ impl PairBuilder for MDpo {
         "mdpo"
     }
 
-    fn loss(&self) -> &'static str {
-        "mdpo"
+    fn loss(&self) -> LossType {
+        LossType::Mdpo
     }
 
     fn build(&self, ctx: &BuildContext, samples: &[Sample]) -> Result<Vec<PairRecord>> {

@@ -17,6 +17,7 @@ use super::common::{
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
+use crate::train::LossType;
 use crate::util::seed::rng_for;
 
 /// MMedPO with the noise level inside the lesion.
@@ -47,8 +48,8 @@ impl PairBuilder for MMedPo {
         "mmedpo"
     }
 
-    fn loss(&self) -> &'static str {
-        "hdpo"
+    fn loss(&self) -> LossType {
+        LossType::Hdpo
     }
 
     fn build(&self, ctx: &BuildContext, samples: &[Sample]) -> Result<Vec<PairRecord>> {

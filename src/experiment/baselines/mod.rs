@@ -31,6 +31,7 @@ use anyhow::{bail, Result};
 
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
+use crate::train::LossType;
 
 /// The model being tuned, as the self-generating baselines use it.
 pub trait Responder {
@@ -71,8 +72,8 @@ pub trait PairBuilder: Send + Sync {
     /// The method name (`povid`, ...), also the prefix of its pairs' `kind`.
     fn name(&self) -> &'static str;
     /// The preference loss its pairs are trained with (`dpo`, `hdpo` or `mdpo`).
-    fn loss(&self) -> &'static str {
-        "dpo"
+    fn loss(&self) -> LossType {
+        LossType::Dpo
     }
     /// Whether it needs [`BuildContext::responder`].
     fn needs_model(&self) -> bool {

@@ -9,7 +9,7 @@
 use anyhow::Result;
 
 use super::common::{
-    corrupt_image, generated_image, image_of, prompt_of, record, same_answer, swap_term, Corruption,
+    corrupt_image, generated_image, image_of, record, same_answer, swap_term, Corruption,
 };
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
@@ -57,7 +57,7 @@ impl PairBuilder for Povid {
                     &Corruption::Noise { sigma: self.sigma },
                     &mut rng,
                 )?;
-                let answer = model.respond(&prompt_of(s), &noised, 0.0, ctx.seed)?;
+                let answer = model.respond(&s.prompt(), &noised, 0.0, ctx.seed)?;
                 if !answer.trim().is_empty() && !same_answer(&answer, &s.answer) {
                     let mut r = record(ctx, "povid_image", s, &s.answer, &answer, img, img, 1.0)?;
                     r.extra.insert(

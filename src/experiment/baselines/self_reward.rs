@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 
-use super::common::{image_of, prompt_of, record, same_answer, token_f1};
+use super::common::{image_of, record, same_answer, token_f1};
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
@@ -20,7 +20,7 @@ pub fn sample_answers(ctx: &BuildContext, builder: &str, s: &Sample) -> Result<V
         anyhow::bail!("baseline '{builder}' needs the model to sample answers, but none was given");
     };
     let img = image_of(s)?;
-    let q = prompt_of(s);
+    let q = s.prompt();
     let mut out = Vec::new();
     for k in 0..ctx.samples_per_prompt.max(2) {
         let seed: u64 = rand::Rng::random(&mut crate::util::seed::rng_for(

@@ -7,7 +7,7 @@
 
 use anyhow::{Context, Result};
 
-use super::common::{image_of, prompt_of, record, words};
+use super::common::{image_of, record, words};
 use super::self_reward::{best_vs_worst, sample_answers};
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
@@ -29,7 +29,7 @@ impl PairBuilder for Sima {
         let mut out = Vec::new();
         for s in samples {
             let img = image_of(s)?;
-            let q = prompt_of(s);
+            let q = s.prompt();
             let answers = sample_answers(ctx, self.name(), s)?;
             let critic = |a: &str| -> Result<f64> {
                 let with = model.logp(&q, a, Some(img))?;

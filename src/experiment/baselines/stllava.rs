@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 
-use super::common::{image_of, prompt_of, record, same_answer, token_f1};
+use super::common::{image_of, record, same_answer, token_f1};
 use super::{BuildContext, PairBuilder};
 use crate::data::pairs::PairRecord;
 use crate::data::Sample;
@@ -29,7 +29,7 @@ impl PairBuilder for StLlavaMed {
         let mut out = Vec::new();
         for s in samples {
             let img = image_of(s)?;
-            let own = model.respond(&prompt_of(s), img, 0.0, ctx.seed)?;
+            let own = model.respond(&s.prompt(), img, 0.0, ctx.seed)?;
             let f1 = token_f1(&own, &s.answer);
             if f1 < 1.0 && !same_answer(&own, &s.answer) && !own.trim().is_empty() {
                 let mut rec = record(ctx, "stllava", s, &s.answer, &own, img, img, 1.0)?;

@@ -1,5 +1,7 @@
-//! Preference losses: one file per loss behind [`PreferenceLoss`], so a
-//! baseline adds one file and one line in [`by_name`].
+//! Preference losses: the [`LossType`]s (DPO, HDPO, mDPO's anchored DPO) and
+//! [`dpo::dpo_loss`], one function with one branch per loss type in the
+//! manner of TRL's `DPOTrainer.dpo_loss`; a new loss is a new [`LossType`]
+//! variant and its branch there.
 //!
 //! Every loss sees the summed response log-probs of the policy and the
 //! reference for the chosen and the rejected side of each pair (paper Eq. 1
@@ -7,15 +9,12 @@
 //! per-pair quantities TRL logs.
 
 pub mod dpo;
-pub mod hdpo;
-pub mod mdpo;
 
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
 
-pub use dpo::Dpo;
-pub use hdpo::Hdpo;
-pub use mdpo::MDpoAnchored;
+pub use dpo::{dpo_loss, Loss};
 
 /// The default α (TRL's `beta`) of Eq. 1 and Eq. 13.
 pub const DEFAULT_ALPHA: f64 = 0.1;
@@ -104,21 +103,60 @@ pub trait PreferenceLoss: Send + Sync {
     fn loss(&self, x: &PairLogps) -> Result<LossOutput>;
 }
 
+/// The preference losses hdpo trains with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LossType {
+    /// HDPO (Eq. 13): the DPO sigmoid loss weighted by each pair's w (Eq. 11).
+    Hdpo,
+    /// Plain DPO (Eq. 1), TRL's `loss_type="sigmoid"`; weights ignored.
+    Dpo,
+    /// mDPO's objective: DPO plus an anchor on the chosen reward.
+    Mdpo,
+}
+
+impl LossType {
+    /// Every loss type, in the order of [`NAMES`].
+    pub const ALL: [LossType; 3] = [LossType::Dpo, LossType::Hdpo, LossType::Mdpo];
+
+    /// The name used on the command line, in configs and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossType::Hdpo => "hdpo",
+            LossType::Dpo => "dpo",
+            LossType::Mdpo => "mdpo",
+        }
+    }
+
+    /// Whether the pairs' weights enter the loss.
+    pub fn uses_weights(self) -> bool {
+        self == LossType::Hdpo
+    }
+}
+
+impl std::fmt::Display for LossType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LossType {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match LossType::ALL.into_iter().find(|t| t.name() == s) {
+            Some(t) => Ok(t),
+            None => bail!(
+                "unknown preference loss '{s}' (known: {})",
+                NAMES.join(", ")
+            ),
+        }
+    }
+}
+
 /// The registry: a loss by name with the given α.
 pub fn by_name(name: &str, alpha: f64) -> Result<Box<dyn PreferenceLoss>> {
-    ensure!(
-        alpha.is_finite() && alpha > 0.0,
-        "alpha must be a positive finite number, got {alpha}"
-    );
-    Ok(match name {
-        "dpo" => Box::new(Dpo::new(alpha)),
-        "hdpo" => Box::new(Hdpo::new(alpha)),
-        "mdpo" => Box::new(MDpoAnchored::new(alpha)),
-        other => bail!(
-            "unknown preference loss '{other}' (known: {})",
-            NAMES.join(", ")
-        ),
-    })
+    Ok(Box::new(Loss::new(name.parse()?, alpha)?))
 }
 
 /// Names accepted by [`by_name`].
@@ -167,19 +205,6 @@ pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     let branch_pos = ((xp.neg()?.exp()? + 1.0)?.log()?).neg()?;
     let branch_neg = (&xn - (xn.exp()? + 1.0)?.log()?)?;
     Ok(pos.where_cond(&branch_pos, &branch_neg)?)
-}
-
-/// The sigmoid loss of Eq. 1 / Eq. 13 with optional weights: returns the
-/// per-pair terms −w_i log σ(α h_i) (graph kept) and h.
-pub(crate) fn sigmoid_terms(x: &PairLogps, alpha: f64, weighted: bool) -> Result<Tensor> {
-    let z = (x.h()? * alpha)?;
-    let ls = log_sigmoid(&z)?;
-    let terms = if weighted {
-        (ls * &x.weights)?.neg()?
-    } else {
-        ls.neg()?
-    };
-    Ok(terms)
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::normalize::{parse_nbp, Nbp};
-use super::zip;
 use crate::util::fsio::atomic_write;
 
 const FUNCTION_FILE: &str = "function.words";
@@ -670,11 +669,28 @@ pub struct BuildSummary {
     pub entries: usize,
 }
 
+/// The uncompressed bytes of the entry `name` of the zip archive (a `.jar` or
+/// a `.whl`) held in `data`, `None` when the archive has no such entry.
+fn read_zip_entry(data: &[u8], name: &str) -> Result<Option<Vec<u8>>> {
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(data)).context("not a readable zip archive")?;
+    let mut entry = match archive.by_name(name) {
+        Ok(e) => e,
+        Err(zip::result::ZipError::FileNotFound) => return Ok(None),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("zip entry {name}"))),
+    };
+    let mut out = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+    entry
+        .read_to_end(&mut out)
+        .with_context(|| format!("cannot inflate zip entry {name}"))?;
+    Ok(Some(out))
+}
+
 fn find_sources(from: &Path) -> Result<(Vec<u8>, Vec<u8>, PathBuf, PathBuf)> {
     if from.is_file() {
         // A pycocoevalcap wheel (zip) holding pycocoevalcap/meteor/...
         let whl = std::fs::read(from).with_context(|| format!("cannot read {}", from.display()))?;
-        let jar = zip::read_named(&whl, "pycocoevalcap/meteor/meteor-1.5.jar")
+        let jar = read_zip_entry(&whl, "pycocoevalcap/meteor/meteor-1.5.jar")
             .with_context(|| format!("reading {}", from.display()))?
             .with_context(|| {
                 format!(
@@ -682,7 +698,7 @@ fn find_sources(from: &Path) -> Result<(Vec<u8>, Vec<u8>, PathBuf, PathBuf)> {
                     from.display()
                 )
             })?;
-        let para = zip::read_named(&whl, "pycocoevalcap/meteor/data/paraphrase-en.gz")?
+        let para = read_zip_entry(&whl, "pycocoevalcap/meteor/data/paraphrase-en.gz")?
             .with_context(|| {
                 format!(
                     "{} has no pycocoevalcap/meteor/data/paraphrase-en.gz",
@@ -723,7 +739,7 @@ fn find_sources(from: &Path) -> Result<(Vec<u8>, Vec<u8>, PathBuf, PathBuf)> {
 pub fn build_data_dir(from: &Path, out: &Path) -> Result<BuildSummary> {
     let (jar, para, jar_path, para_path) = find_sources(from)?;
     let get = |name: &str| -> Result<Vec<u8>> {
-        zip::read_named(&jar, name)
+        read_zip_entry(&jar, name)
             .with_context(|| format!("reading {}", jar_path.display()))?
             .with_context(|| format!("{} has no {name}", jar_path.display()))
     };
@@ -769,6 +785,37 @@ pub fn build_data_dir(from: &Path, out: &Path) -> Result<BuildSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zip_entries_read_stored_and_deflated_and_missing_is_none() {
+        use std::io::Write;
+        use zip::write::SimpleFileOptions;
+        let text = "the a an of ".repeat(50);
+        let mut buf = std::io::Cursor::new(Vec::new());
+        {
+            let mut w = zip::ZipWriter::new(&mut buf);
+            for (name, method) in [
+                ("function/english.words", zip::CompressionMethod::Stored),
+                ("data/deflated.txt", zip::CompressionMethod::Deflated),
+            ] {
+                w.start_file(
+                    name,
+                    SimpleFileOptions::default().compression_method(method),
+                )
+                .unwrap();
+                w.write_all(text.as_bytes()).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        let data = buf.into_inner();
+        assert!(data.len() < 2 * text.len(), "one entry is compressed");
+        for name in ["function/english.words", "data/deflated.txt"] {
+            let got = read_zip_entry(&data, name).unwrap().unwrap();
+            assert_eq!(got, text.as_bytes(), "{name}");
+        }
+        assert_eq!(read_zip_entry(&data, "nope.txt").unwrap(), None);
+        assert!(read_zip_entry(b"not a zip", "x").is_err());
+    }
 
     #[test]
     fn paraphrase_index_roundtrip_and_order() {

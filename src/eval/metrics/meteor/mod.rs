@@ -14,7 +14,6 @@
 pub mod align;
 pub mod data;
 pub mod normalize;
-pub mod zip;
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
-//! Progress bars shared by the subcommands (hidden when stderr is not a terminal
-//! unless `HDPO_PROGRESS=1`).
+//! The one progress bar of hdpo: the subcommands and the library's long loops
+//! (training, reference log-probs, prediction) share its look. Hidden when
+//! stderr is not a terminal unless `HDPO_PROGRESS=1`.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

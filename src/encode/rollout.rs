@@ -9,10 +9,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 
-use super::resize::resize_grid;
-use super::source::{HeatmapSource, SampleView};
-use super::Heatmap;
-use crate::encode::DualEncoder;
+use super::DualEncoder;
+use crate::heatmap::resize::resize_grid;
+use crate::heatmap::{Heatmap, HeatmapSource, SampleView};
 
 /// Rollout of per-layer head-averaged attention matrices (`t × t`, row-major,
 /// rows = queries), first layer first. Returns the `t × t` product.

@@ -14,10 +14,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use candle_core::{Tensor, Var};
 
-use super::resize::resize_grid;
-use super::source::{HeatmapSource, SampleView};
-use super::Heatmap;
-use crate::encode::{cosine, DualEncoder, ImagePooling};
+use super::{cosine, DualEncoder, ImagePooling};
+use crate::heatmap::resize::resize_grid;
+use crate::heatmap::{Heatmap, HeatmapSource, SampleView};
 
 /// GradCAM's result for one image.
 #[derive(Clone, Debug)]
