@@ -15,12 +15,52 @@ use super::config::ExperimentConfig;
 use crate::eval::tables::ResultRow;
 use crate::util::fsio::write_json_atomic;
 
+/// The error types of Table 3: misdiagnosis, false positive, false negative
+/// (neutralised or deleted). Declared in the order of their names, so that
+/// cells sort as they did when the type was a string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    Fn,
+    Fp,
+    Mis,
+}
+
+impl ErrorType {
+    /// Table 3's rows, in the order the grid lists them.
+    pub const TABLE_ORDER: [ErrorType; 3] = [ErrorType::Mis, ErrorType::Fp, ErrorType::Fn];
+
+    /// The name used in cell keys (`only-mis`) and configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Fn => "fn",
+            ErrorType::Fp => "fp",
+            ErrorType::Mis => "mis",
+        }
+    }
+
+    /// Whether a pair of kind `kind` (`mis`, `fp`, `fn_neutral`, `fn_delete`)
+    /// has this error type.
+    pub fn includes(self, kind: &str) -> bool {
+        match self {
+            ErrorType::Fn => kind.starts_with("fn"),
+            other => kind == other.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for ErrorType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An ablation of the HDPO cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "value")]
 pub enum Variant {
     /// Table 3: only pairs of one error type (`mis`, `fp`, `fn`).
-    ErrorType(String),
+    ErrorType(ErrorType),
     /// Table 5: another heatmap source (`mask`, `gradcam`, `attention`).
     Heatmap(String),
 }
@@ -109,9 +149,9 @@ pub fn cells(cfg: &ExperimentConfig) -> Vec<Cell> {
     }
     let ablation_sft = !g.sft.contains(&false);
     if g.error_types {
-        for e in ["mis", "fp", "fn"] {
+        for e in ErrorType::TABLE_ORDER {
             out.push(Cell {
-                variant: Some(Variant::ErrorType(e.into())),
+                variant: Some(Variant::ErrorType(e)),
                 ..Cell::new("hdpo", ablation_sft)
             });
         }

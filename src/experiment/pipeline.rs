@@ -809,10 +809,7 @@ fn pairs_for(
         };
         let mut pairs = curated(p, &source)?;
         if let Some(Variant::ErrorType(e)) = &cell.variant {
-            pairs.retain(|x| match e.as_str() {
-                "fn" => x.kind.starts_with("fn"),
-                other => x.kind == other,
-            });
+            pairs.retain(|x| e.includes(&x.kind));
         }
         let label = format!(
             "curated-{source}-{}",

@@ -21,8 +21,8 @@ use super::optim::AdamW;
 use super::schedule::Schedule;
 use crate::util::seed::rng_for;
 
-/// The training log's file name inside a run folder.
-pub const LOG_FILE: &str = "train_log.jsonl";
+pub use super::metrics::LOG_FILE;
+
 /// The checkpoints' folder inside a run folder.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 /// The final trainable tensors inside a run folder.

@@ -181,6 +181,9 @@ pub fn read_log(path: &Path) -> Result<Vec<Map<String, Value>>> {
     Ok(rows)
 }
 
+/// The training log's file name inside a run folder.
+pub const LOG_FILE: &str = "train_log.jsonl";
+
 /// The fields of a `train_log.jsonl` row that readers of a finished run use
 /// (the other logged fields are ignored).
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
@@ -197,7 +200,7 @@ pub struct LogRow {
 /// The rows of `run_dir`'s `train_log.jsonl` that parse as [`LogRow`], in
 /// order; none when the file is missing.
 pub fn read_log_rows(run_dir: &Path) -> Vec<LogRow> {
-    let Ok(text) = std::fs::read_to_string(run_dir.join(super::engine::LOG_FILE)) else {
+    let Ok(text) = std::fs::read_to_string(run_dir.join(LOG_FILE)) else {
         return Vec::new();
     };
     text.lines()
