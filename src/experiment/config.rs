@@ -124,6 +124,9 @@ pub struct ModelConfig {
     pub template: String,
     /// Full-weight epochs that turn the random tiny model into the "base" model.
     pub pretrain_epochs: usize,
+    /// Phantom studies generated for pretraining only, with their own seed
+    /// (`experiment::pretrain`); 0 = pretrain on the training split.
+    pub pretrain_studies: usize,
     pub pretrain_learning_rate: f64,
     pub lora_r: usize,
     pub lora_alpha: f64,
@@ -259,6 +262,7 @@ impl Default for ModelConfig {
             intermediate: 128,
             template: "llava_plain".into(),
             pretrain_epochs: 3,
+            pretrain_studies: 0,
             pretrain_learning_rate: 3e-3,
             lora_r: 8,
             lora_alpha: 16.0,

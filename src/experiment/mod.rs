@@ -15,7 +15,9 @@ pub mod config;
 pub mod grid;
 pub mod pieces;
 pub mod pipeline;
+pub mod pretrain;
 pub mod report;
+pub mod sees;
 pub mod tiny;
 
 pub use config::ExperimentConfig;
