@@ -650,21 +650,50 @@ fn prepare_base(
             ..stage_optim(cfg.model.pretrain_learning_rate)
         },
     };
-    let summary = pieces::train_full(&model, &ttok, template, vars, &examples, &scfg, &work)?;
+    if cfg.model.pretrain_vqa_epochs > 0 {
+        // First the short answers alone: nearly every loss token then depends
+        // on the image, and the steps are cheap (docs/experiments.md,
+        // "Choosing the phantom base model").
+        let vqa: Vec<Sample> = pretrain
+            .iter()
+            .filter(|s| s.answer_type != AnswerType::Report)
+            .cloned()
+            .collect();
+        let first = crate::train::SftConfig {
+            run: stage_run(cfg.sft.batch_size, cfg.model.pretrain_vqa_epochs, cfg.seed),
+            ..scfg.clone()
+        };
+        pieces::train_full(
+            &model,
+            &ttok,
+            template,
+            vars.clone(),
+            &pieces::sft_examples(&vqa)?,
+            &first,
+            &work.join("vqa"),
+        )?;
+    }
+    let summary = if cfg.model.pretrain_epochs > 0 {
+        pieces::train_full(&model, &ttok, template, vars, &examples, &scfg, &work)?
+    } else {
+        "n/a".into()
+    };
     model.save_pretrained(&dir)?;
     tiny::save_tokenizer(&tok, &dir)?;
     let _ = std::fs::remove_dir_all(work.join("checkpoints"));
+    let _ = std::fs::remove_dir_all(work.join("vqa").join("checkpoints"));
     mark_done(&dir, fingerprint)?;
     Ok((
         (load_tok(&dir)?, dir),
         format!(
-            "tiny LLaVA, vocabulary {vocab}, pretrained on {} examples ({}) x {} epochs, final loss {summary}",
+            "tiny LLaVA, vocabulary {vocab}, pretrained on {} examples ({}) x {} epochs after {} epochs on their VQA alone, final loss {summary}",
             examples.len(),
             match cfg.model.pretrain_studies {
                 0 => "the training split".to_string(),
                 n => format!("{n} pretraining studies"),
             },
-            cfg.model.pretrain_epochs
+            cfg.model.pretrain_epochs,
+            cfg.model.pretrain_vqa_epochs
         ),
     ))
 }
