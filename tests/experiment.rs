@@ -479,6 +479,8 @@ fn micro_config() -> ExperimentConfig {
     c.encoder.epochs = 1;
     c.encoder.batch_size = 8;
     c.model.pretrain_epochs = 1;
+    c.model.pretrain_studies = 6;
+    c.model.pretrain_vqa_epochs = 1;
     c.sft.epochs = 1;
     c.preference.max_pairs = 6;
     c.preference.max_generate_samples = 3;
@@ -530,9 +532,27 @@ fn micro_experiment_runs_end_to_end_and_a_rerun_skips_every_cell() {
         "Table 5",
         "Curation: does k* name the lesion?",
         "PHANTOM NUMBERS",
+        "Does the base model see lesions? (Phantom VQA",
+        "closed-VQA accuracy on conspicuous lesions",
     ] {
         assert!(md.contains(t), "tables.md lacks {t}");
     }
+    // The base model pretrained on its own phantom (6 studies, another seed), and its
+    // "sees lesions" figures on the VQA test split.
+    let pretrain =
+        std::fs::read_to_string(dir.path().join("data/pretrain/annotation.json")).unwrap();
+    let train = std::fs::read_to_string(dir.path().join("data/phantom/annotation.json")).unwrap();
+    assert_ne!(pretrain, train);
+    let sees: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("sees_lesions.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sees[0]["dataset"], "Phantom VQA", "{sees}");
+    let closed_n: u64 = ["conspicuous", "subtle", "normal"]
+        .iter()
+        .filter_map(|k| sees[0][*k]["n"].as_u64())
+        .sum();
+    assert!(closed_n > 0, "{sees}");
     // The k* audit of both curated heatmap sources (file: the main cell; mask: Table 5)
     // on the phantom reports, counted against the manifest's abnormal training studies.
     let doc: serde_json::Value =

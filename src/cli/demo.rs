@@ -34,6 +34,13 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let progress = StageLines { start };
     let o = pipeline::run(&cfg, &args.out, &progress)?;
     println!("{}", o.tables_markdown);
+    if args.quick {
+        println!(
+            "Quick demo: the base model pretrains on the {} training studies only; `hdpo demo` pretrains it on {} phantom studies generated for it (see \"Does the base model see lesions?\" above).",
+            cfg.data.train,
+            hdpo::experiment::ExperimentConfig::phantom().model.pretrain_studies
+        );
+    }
     println!(
         "PHANTOM NUMBERS: measured by this run on synthetic data with a tiny model; not the paper's results."
     );

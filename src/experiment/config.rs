@@ -124,6 +124,12 @@ pub struct ModelConfig {
     pub template: String,
     /// Full-weight epochs that turn the random tiny model into the "base" model.
     pub pretrain_epochs: usize,
+    /// Phantom studies generated for pretraining only, with their own seed
+    /// (`experiment::pretrain`); 0 = pretrain on the training split.
+    pub pretrain_studies: usize,
+    /// Epochs on the pretraining VQA examples alone before `pretrain_epochs`
+    /// on all of them, reports included (0 = none).
+    pub pretrain_vqa_epochs: usize,
     pub pretrain_learning_rate: f64,
     pub lora_r: usize,
     pub lora_alpha: f64,
@@ -259,6 +265,8 @@ impl Default for ModelConfig {
             intermediate: 128,
             template: "llava_plain".into(),
             pretrain_epochs: 3,
+            pretrain_studies: 0,
+            pretrain_vqa_epochs: 0,
             pretrain_learning_rate: 3e-3,
             lora_r: 8,
             lora_alpha: 16.0,

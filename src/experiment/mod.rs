@@ -16,7 +16,9 @@ pub mod grid;
 pub mod hallucination;
 pub mod pieces;
 pub mod pipeline;
+pub mod pretrain;
 pub mod report;
+pub mod sees;
 pub mod tiny;
 
 pub use config::ExperimentConfig;
@@ -43,7 +45,13 @@ pub fn demo_config(quick: bool) -> ExperimentConfig {
         c.data.max_train_per_dataset = 100;
         c.data.max_test_per_dataset = 24;
         c.encoder.epochs = 4;
+        // The quick base model pretrains on its 50 training studies, as
+        // before the pretraining phantom: 1,000 pretraining studies alone
+        // take longer than the quick demo's budget (docs/experiments.md).
+        c.model.pretrain_studies = 0;
+        c.model.pretrain_vqa_epochs = 0;
         c.model.pretrain_epochs = 10;
+        c.model.pretrain_learning_rate = 0.003;
         c.sft.epochs = 1;
         c.preference.max_pairs = 64;
         c.eval.probe_max_samples = 8;

@@ -215,7 +215,10 @@ pub fn run(cfg: &ExperimentConfig, run_dir: &Path, progress: &dyn Progress) -> R
 
     let specs: Vec<DatasetSpec> = prep.datasets.iter().map(|d| d.spec.clone()).collect();
     let ablation_sft = !cfg.grid.sft.contains(&false);
-    let header = header(cfg, phantom);
+    let mut header = header(cfg, phantom);
+    if phantom {
+        header.push_str(&sees_lesions(&prep, &cache, run_dir)?);
+    }
     let files = timed(
         progress,
         &mut times,
@@ -288,6 +291,37 @@ fn header(cfg: &ExperimentConfig, phantom: bool) -> String {
         );
     }
     h
+}
+
+/// The base model's "sees lesions" lines (`experiment::sees`) for each VQA
+/// dataset, also written to `sees_lesions.json`; a note when they cannot be
+/// measured (the base cell's files are missing).
+fn sees_lesions(p: &Prepared, cache: &CellCache, run_dir: &Path) -> Result<String> {
+    let dir = cache.cell_dir(&Cell::new("base", false));
+    let mut text = String::new();
+    let mut all = Vec::new();
+    for d in p.datasets.iter().filter(|d| d.spec.task == Task::Vqa) {
+        let slug = pieces::slug(&d.spec.label);
+        match super::sees::from_files(
+            &d.spec.label,
+            &slug,
+            &d.test,
+            &dir,
+            p.cfg.data.subtle_threshold,
+        ) {
+            Ok(s) => {
+                text.push('\n');
+                text.push_str(&s.markdown());
+                all.push(s);
+            }
+            Err(e) => text.push_str(&format!(
+                "\nWhether the base model sees lesions on {} could not be measured: {e:#}\n",
+                d.spec.label
+            )),
+        }
+    }
+    write_json_atomic(&run_dir.join("sees_lesions.json"), &all)?;
+    Ok(text)
 }
 
 fn describe(cell: &Cell) -> String {
@@ -594,11 +628,16 @@ fn prepare_base(
         return Ok(((load_tok(&dir)?, dir), "reused".into()));
     }
     let train = all_train(datasets);
-    let (mut model, tok) = tiny::init_tiny_model(&cfg.model, &train, template, cfg.seed)?;
+    let pretrain = super::pretrain::samples(cfg, run_dir, &train)?;
+    let mut texts = train.clone();
+    if cfg.model.pretrain_studies > 0 {
+        texts.extend(pretrain.iter().cloned());
+    }
+    let (mut model, tok) = tiny::init_tiny_model(&cfg.model, &texts, template, cfg.seed)?;
     let vocab = tok.get_vocab_size(true);
     let vars = tiny::make_trainable(&mut model)?;
     let ttok = tiny::text_tokenizer(tok.clone());
-    let examples = pieces::sft_examples(&train)?;
+    let examples = pieces::sft_examples(&pretrain)?;
     let work = run_dir.join("models").join("base_pretrain");
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -614,17 +653,50 @@ fn prepare_base(
             ..stage_optim(cfg.model.pretrain_learning_rate)
         },
     };
-    let summary = pieces::train_full(&model, &ttok, template, vars, &examples, &scfg, &work)?;
+    if cfg.model.pretrain_vqa_epochs > 0 {
+        // First the short answers alone: nearly every loss token then depends
+        // on the image, and the steps are cheap (docs/experiments.md,
+        // "Choosing the phantom base model").
+        let vqa: Vec<Sample> = pretrain
+            .iter()
+            .filter(|s| s.answer_type != AnswerType::Report)
+            .cloned()
+            .collect();
+        let first = crate::train::SftConfig {
+            run: stage_run(cfg.sft.batch_size, cfg.model.pretrain_vqa_epochs, cfg.seed),
+            ..scfg.clone()
+        };
+        pieces::train_full(
+            &model,
+            &ttok,
+            template,
+            vars.clone(),
+            &pieces::sft_examples(&vqa)?,
+            &first,
+            &work.join("vqa"),
+        )?;
+    }
+    let summary = if cfg.model.pretrain_epochs > 0 {
+        pieces::train_full(&model, &ttok, template, vars, &examples, &scfg, &work)?
+    } else {
+        "n/a".into()
+    };
     model.save_pretrained(&dir)?;
     tiny::save_tokenizer(&tok, &dir)?;
     let _ = std::fs::remove_dir_all(work.join("checkpoints"));
+    let _ = std::fs::remove_dir_all(work.join("vqa").join("checkpoints"));
     mark_done(&dir, fingerprint)?;
     Ok((
         (load_tok(&dir)?, dir),
         format!(
-            "tiny LLaVA, vocabulary {vocab}, pretrained on {} examples x {} epochs, final loss {summary}",
+            "tiny LLaVA, vocabulary {vocab}, pretrained on {} examples ({}) x {} epochs after {} epochs on their VQA alone, final loss {summary}",
             examples.len(),
-            cfg.model.pretrain_epochs
+            match cfg.model.pretrain_studies {
+                0 => "the training split".to_string(),
+                n => format!("{n} pretraining studies"),
+            },
+            cfg.model.pretrain_epochs,
+            cfg.model.pretrain_vqa_epochs
         ),
     ))
 }

@@ -218,6 +218,26 @@ pub fn make_trainable(model: &mut LlavaModel) -> Result<Vec<(String, Var)>> {
             &mut l.post_attention_layernorm,
         )?;
     }
+    // The patch embedding is the tower's only pixel-level feature: left at
+    // its random init, `pre_layrnorm` normalises each patch's projection and
+    // with it most of the brightness difference between a lesion and the
+    // lung around it (docs/experiments.md, "Choosing the phantom base model").
+    var(
+        "vision.patch_embedding".into(),
+        &mut model.vision.patch_embedding,
+    )?;
+    let (w, b) = &mut model.vision.pre_layrnorm;
+    var("vision.pre_layrnorm.weight".into(), w)?;
+    var("vision.pre_layrnorm.bias".into(), b)?;
+    for (i, l) in model.vision.layers.iter_mut().take(used_layers).enumerate() {
+        for (n, (w, b)) in [
+            ("layer_norm1", &mut l.layer_norm1),
+            ("layer_norm2", &mut l.layer_norm2),
+        ] {
+            var(format!("vision.layers.{i}.{n}.weight"), w)?;
+            var(format!("vision.layers.{i}.{n}.bias"), b)?;
+        }
+    }
     var(
         "vision.position_embedding".into(),
         &mut model.vision.position_embedding,
