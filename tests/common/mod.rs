@@ -73,3 +73,17 @@ pub fn small_align_config() -> AlignConfig {
         ..AlignConfig::default()
     }
 }
+
+/// Run this build's `hdpo` with `args`; panics with its stderr unless it succeeds; returns stdout.
+pub fn hdpo_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hdpo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
