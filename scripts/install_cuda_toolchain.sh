@@ -75,6 +75,8 @@ EOF
 # defines every driver function cudarc declares (read from cudarc's source, as
 # cargo has fetched it), as the toolkit's own lib/stubs/libcuda.so does, under
 # the driver's soname, so the binary loads the real libcuda.so.1 at run time.
+# Each stub function returns CUDA_ERROR_STUB_LIBRARY (34), so a binary that
+# finds the stub instead of a driver reports an error rather than crashing.
 link_stub() {
     for lib in libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13 libcudart.so.13; do
         if [ ! -f "$cu/lib/$lib" ]; then
@@ -97,7 +99,7 @@ for p in json.load(sys.stdin)["packages"]:
     fi
     mkdir -p "$cu/lib/stubs"
     grep -o '^ *fn cu[A-Z][A-Za-z0-9_]*(' "$src" | sed 's/^ *fn \(.*\)(/\1/' | sort -u \
-        | awk '{print "void " $1 "(void) {}"}' >"$cu/lib/stubs/libcuda_stub.c"
+        | awk '{print "int " $1 "(void) { return 34; }"}' >"$cu/lib/stubs/libcuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" "$cu/lib/stubs/libcuda_stub.c"
     echo "libcuda.so link stub: $(wc -l <"$cu/lib/stubs/libcuda_stub.c") driver functions from $src"
 }

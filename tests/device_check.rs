@@ -69,6 +69,15 @@ fn device_check_cli_on_cpu_and_without_a_gpu() {
     assert_eq!(j[0]["dtype"], "f32");
     assert_eq!(j[0]["pass"], true);
     assert!(j[0]["max_abs_logprob_diff"].as_f64().unwrap() <= 1e-6);
+    let bad = Command::new(env!("CARGO_BIN_EXE_hdpo"))
+        .args(["model", "device-check", "--model", model, "--device", "tpu"])
+        .output()
+        .unwrap();
+    assert!(
+        !bad.status.success(),
+        "an unknown device is an error, not a skip"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown device `tpu`"));
     if !cfg!(feature = "cuda") {
         let out = hdpo(&[
             "model",

@@ -240,10 +240,11 @@ pub fn model_cmd(c: ModelCmd) -> Result<()> {
 fn device_check(a: DeviceCheckArgs) -> Result<()> {
     let device = match parse_device(&a.device) {
         Ok(d) => d,
-        Err(e) => {
+        Err(e) if a.device.starts_with("cuda") || a.device == "gpu" => {
             println!("skipped: no GPU ({e:#})");
             return Ok(());
         }
+        Err(e) => return Err(e),
     };
     let adapter = a.adapter.unwrap_or_else(|| a.model.join("lora_adapter"));
     let mut reports = Vec::new();
