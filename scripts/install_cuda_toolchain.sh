@@ -101,6 +101,9 @@ for p in json.load(sys.stdin)["packages"]:
     grep -o '^ *fn cu[A-Z][A-Za-z0-9_]*(' "$src" | sed 's/^ *fn \(.*\)(/\1/' | sort -u \
         | awk '{print "int " $1 "(void) { return 34; }"}' >"$cu/lib/stubs/libcuda_stub.c"
     cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cu/lib/stubs/libcuda.so" "$cu/lib/stubs/libcuda_stub.c"
+    # Also under lib/: cudarc's build script records only the folders that
+    # exist when it runs, and a build made before --libs has lib/ but not lib/stubs.
+    ln -sfn stubs/libcuda.so "$cu/lib/libcuda.so"
     echo "libcuda.so link stub: $(wc -l <"$cu/lib/stubs/libcuda_stub.c") driver functions from $src"
 }
 
