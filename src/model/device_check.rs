@@ -40,7 +40,8 @@ pub struct ParityReport {
 /// f32: 1e-4 for both (the fixture tolerance of the transformers parity tests).
 /// bf16 (8 significant bits, relative rounding 2^-9 per operation): 0.25 nats
 /// per token and 10% of the gradient scale; CPU bf16 against CPU f32 on the
-/// tiny fixture measures about 0.03 and 2% (`tests/device_check.rs`).
+/// tiny fixture measures 0.030 and 1.3% (relative L2 2.2%), checked in
+/// `tests/device_check.rs`.
 pub fn tolerances(dtype: DType) -> (f64, f64) {
     match dtype {
         DType::F32 | DType::F64 => (1e-4, 1e-4),
