@@ -7,10 +7,12 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
-use hdpo::model::bench::{dpo_train_throughput, h256_config, lora_step_throughput};
+use hdpo::model::bench::{
+    dpo_step_flops, dpo_train_throughput_with, h256_config, lora_step_throughput,
+};
 use hdpo::model::{
-    parse_device, Batch, EncodedSequence, LlavaConfig, LlavaModel, LoadOptions, LoraConfig,
-    TargetModules,
+    parse_device, parse_dtype, Batch, EncodedSequence, LlavaConfig, LlavaModel, LoadOptions,
+    LoraConfig, TargetModules,
 };
 
 #[derive(Subcommand, Debug)]
@@ -45,13 +47,44 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
-    /// LoRA rank on q_proj and v_proj of the language model.
+    /// LoRA rank on the --lora-targets of the language model.
     #[arg(long, default_value_t = 8)]
     pub lora_r: usize,
+    /// Comma-separated decoder linears that carry LoRA.
+    #[arg(long, default_value = "q_proj,v_proj")]
+    pub lora_targets: String,
+    /// Weights and activations: f32, bf16, f16 (default: f32 on the CPU, bf16 on a GPU).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// `train` only: one random image per sequence (BOS, then the image tokens).
+    #[arg(long)]
+    pub images: bool,
+    /// The device's peak dense TFLOP/s in the benchmark's dtype, to print MFU.
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
     pub json: bool,
+}
+
+/// The PEFT target regex for comma-separated decoder linear names.
+fn targets_regex(list: &str) -> Result<String> {
+    let names: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty()
+        || names
+            .iter()
+            .any(|n| !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        anyhow::bail!(
+            "--lora-targets `{list}`: expected comma-separated module names such as q_proj,v_proj"
+        );
+    }
+    Ok(format!(".*language_model.*\\.({})", names.join("|")))
 }
 
 fn build(a: &BenchArgs) -> Result<LlavaModel> {
@@ -63,14 +96,22 @@ fn build(a: &BenchArgs) -> Result<LlavaModel> {
     };
     let opts = LoadOptions {
         device: parse_device(&a.device)?,
-        dtype: None,
+        dtype: a.dtype.as_deref().map(parse_dtype).transpose()?,
     };
-    let mut m = LlavaModel::random(cfg, Some(0), &opts)?;
+    // On a GPU the weights are drawn there (seeded): drawing a 7B model on
+    // the host takes minutes.
+    let seed = if opts.device.is_cpu() {
+        Some(0)
+    } else {
+        opts.device.set_seed(0)?;
+        None
+    };
+    let mut m = LlavaModel::random(cfg, seed, &opts)?;
     m.add_lora(
         LoraConfig::new(
             a.lora_r,
             2.0 * a.lora_r as f64,
-            TargetModules::Regex(".*language_model.*\\.(q_proj|v_proj)".into()),
+            TargetModules::Regex(targets_regex(&a.lora_targets)?),
         ),
         0,
     )?;
@@ -82,13 +123,18 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Model(a) => ("model", a),
         BenchCmd::Train(a) => ("train", a),
     };
+    if a.images && matches!(cmd, BenchCmd::Model(_)) {
+        anyhow::bail!("--images is for `hdpo bench train`");
+    }
     let m = build(a)?;
     let t = &m.config.text;
     let shape = json!({
         "hidden": t.hidden_size, "layers": t.num_hidden_layers, "vocab": t.vocab_size,
         "heads": t.num_attention_heads, "intermediate": t.intermediate_size,
         "seq_len": a.seq_len, "batch": a.batch, "lora_r": a.lora_r,
-        "threads": rayon::current_num_threads(),
+        "lora_targets": a.lora_targets, "dtype": format!("{:?}", m.dtype).to_lowercase(),
+        "image_tokens": if a.images { m.image_token_count() } else { 0 },
+        "device": a.device, "threads": rayon::current_num_threads(),
     });
     let result = match cmd {
         BenchCmd::Model(_) => {
@@ -106,7 +152,16 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
             serde_json::to_value(lora_step_throughput(&m, &b, a.iters)?)?
         }
         BenchCmd::Train(_) => {
-            serde_json::to_value(dpo_train_throughput(&m, a.seq_len, a.batch, a.iters, 0)?)?
+            let r = dpo_train_throughput_with(&m, a.seq_len, a.batch, a.iters, 0, a.images)?;
+            let flops = dpo_step_flops(&m.config, a.seq_len, 2 * a.batch, a.images);
+            let mut v = serde_json::to_value(&r)?;
+            v["model_flops_per_step"] = json!(flops);
+            v["achieved_tflops"] = json!(flops / r.seconds_per_step / 1e12);
+            if let Some(peak) = a.peak_tflops {
+                v["peak_tflops"] = json!(peak);
+                v["mfu"] = json!(flops / r.seconds_per_step / (peak * 1e12));
+            }
+            v
         }
     };
     let out = json!({"target": target, "shape": shape, "result": result});
@@ -128,6 +183,19 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
                 .map(|p| format!(", {p:.2} pairs/s"))
                 .unwrap_or_default()
         );
+        if let Some(tf) = r.get("achieved_tflops").and_then(|x| x.as_f64()) {
+            let mfu = r
+                .get("mfu")
+                .and_then(|x| x.as_f64())
+                .map(|x| format!("MFU {:.1}% of {} TFLOP/s", 100.0 * x, r["peak_tflops"]))
+                .unwrap_or_else(|| "MFU not computed (no --peak-tflops)".into());
+            let rss = r
+                .get("peak_rss_bytes")
+                .and_then(|x| x.as_u64())
+                .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
+                .unwrap_or_else(|| "unknown".into());
+            println!("  model FLOPs {tf:.3} TFLOP/s, {mfu}; peak RSS {rss}");
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Tensor};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use hdpo::model::device_check::device_parity;
 use hdpo::model::info::{human_bytes, human_count, model_info, InfoOptions};
 use hdpo::model::{
     parse_device, parse_dtype, sequence_logprobs, Batch, ChatTemplate, GenerateOptions,
@@ -79,6 +80,27 @@ pub struct GenerateArgs {
 pub enum ModelCmd {
     /// Architecture, parameter count and training memory estimate (reads config.json only).
     Info(InfoArgs),
+    /// Log-prob and LoRA-gradient parity of a device (e.g. cuda) against the CPU in f32;
+    /// prints "skipped: no GPU" where the device cannot be opened.
+    DeviceCheck(DeviceCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceCheckArgs {
+    /// Model directory (default: the tiny LLaVA test fixture).
+    #[arg(long, default_value_os_t = hdpo::util::shared_dir().join("fixtures/models/tiny_llava"))]
+    pub model: PathBuf,
+    /// PEFT adapter put on both copies (default: MODEL/lora_adapter).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The device under test: cuda, cuda:N or cpu.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Comma-separated dtypes to test on the device.
+    #[arg(long, default_value = "f32,bf16")]
+    pub dtypes: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -217,7 +239,60 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 pub fn model_cmd(c: ModelCmd) -> Result<()> {
     match c {
         ModelCmd::Info(a) => info(a),
+        ModelCmd::DeviceCheck(a) => device_check(a),
     }
+}
+
+fn device_check(a: DeviceCheckArgs) -> Result<()> {
+    let device = match parse_device(&a.device) {
+        Ok(d) => d,
+        Err(e) if a.device.starts_with("cuda") || a.device == "gpu" => {
+            // The first line: candle appends a backtrace to device errors.
+            let why = format!("{e:#}");
+            println!("skipped: no GPU ({})", why.lines().next().unwrap_or(""));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let adapter = a.adapter.unwrap_or_else(|| a.model.join("lora_adapter"));
+    let mut reports = Vec::new();
+    for name in a.dtypes.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let dtype = parse_dtype(name)?;
+        let r =
+            device_parity(&a.model, &adapter, &device, &a.device, dtype).with_context(|| {
+                format!("parity of {} on {} in {name}", a.model.display(), a.device)
+            })?;
+        if !a.json {
+            println!(
+                "{} {}: token log-probs max |diff| {:.3e} (tolerance {}), LoRA gradients max |diff| / max |grad| {:.3e} (tolerance {}), relative L2 {:.3e}: {}",
+                r.device,
+                r.dtype,
+                r.max_abs_logprob_diff,
+                r.logprob_tolerance,
+                r.max_rel_grad_diff,
+                r.grad_tolerance,
+                r.rel_l2_grad_diff,
+                if r.pass { "ok" } else { "FAILED" }
+            );
+        }
+        reports.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| !r.pass)
+        .map(|r| r.dtype.clone())
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "{} differs from the CPU beyond tolerance in {}",
+            a.device,
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn info(a: InfoArgs) -> Result<()> {

@@ -91,6 +91,22 @@ pub fn dpo_train_throughput(
     iters: usize,
     seed: u64,
 ) -> Result<TrainThroughput> {
+    dpo_train_throughput_with(model, seq_len, pairs_per_step, iters, seed, false)
+}
+
+/// [`dpo_train_throughput`], optionally with one random image per sequence:
+/// with `images`, each sequence is BOS, the image's tokens
+/// ([`LlavaModel::image_token_count`], 576 for CLIP ViT-L/14-336), then random
+/// text up to `seq_len`, so the step also runs the (frozen) vision tower and
+/// projector as LLaVA training does (paper Sec. 4.1).
+pub fn dpo_train_throughput_with(
+    model: &LlavaModel,
+    seq_len: usize,
+    pairs_per_step: usize,
+    iters: usize,
+    seed: u64,
+    images: bool,
+) -> Result<TrainThroughput> {
     use crate::train::losses::{by_name, PairLogps};
     use crate::train::optim::AdamW;
     use crate::train::OptimConfig;
@@ -107,16 +123,42 @@ pub fn dpo_train_throughput(
     let vocab = model.config.text.vocab_size as u32;
     let mut rng = crate::util::seed::rng_for(seed, "bench/train");
     let n = 2 * pairs_per_step;
-    let seqs: Vec<super::template::EncodedSequence> = (0..n)
-        .map(|_| super::template::EncodedSequence {
-            input_ids: (0..seq_len).map(|_| rng.random_range(5..vocab)).collect(),
+    let n_img = if images { model.image_token_count() } else { 0 };
+    let vision = match (images, model.config.vision.as_ref()) {
+        (true, None) => bail!("--images needs a model with a vision tower"),
+        (true, Some(v)) => Some(v.clone()),
+        (false, _) => None,
+    };
+    if images && seq_len < 2 * (1 + n_img) {
+        bail!("seq_len {seq_len} is too short for BOS and {n_img} image tokens in the prompt half");
+    }
+    let image_id = model.config.image_token_id.unwrap_or(0);
+    let mut seqs = Vec::with_capacity(n);
+    let mut pixels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut ids: Vec<u32> = (0..seq_len).map(|_| rng.random_range(5..vocab)).collect();
+        let mut image_positions = Vec::new();
+        if let Some(v) = &vision {
+            ids[0] = 1;
+            ids[1..1 + n_img].fill(image_id);
+            image_positions.extend(1..1 + n_img);
+            let s = v.image_size;
+            let pix: Vec<f32> = (0..v.num_channels * s * s)
+                .map(|_| rng.random_range(-1.5f32..1.5))
+                .collect();
+            let img = Tensor::from_vec(pix, (v.num_channels, s, s), &candle_core::Device::Cpu)?;
+            pixels.push(Some(img.to_dtype(model.dtype)?));
+        } else {
+            pixels.push(None);
+        }
+        seqs.push(super::template::EncodedSequence {
+            input_ids: ids,
             response_mask: (0..seq_len).map(|t| t >= seq_len / 2).collect(),
-            image_positions: Vec::new(),
+            image_positions,
             prompt_len: seq_len / 2,
-        })
-        .collect();
-    let images = vec![None; n];
-    let batch = Batch::new(&seqs, &images, 0, &model.device)?;
+        });
+    }
+    let batch = Batch::new(&seqs, &pixels, 0, &model.device)?;
     let summed = |adapters: bool| -> Result<candle_core::Tensor> {
         let fwd = Fwd {
             adapters,
@@ -182,6 +224,48 @@ pub fn dpo_train_throughput(
         cpu_seconds_per_step: cpu,
         peak_rss_bytes: crate::train::peak_rss_bytes(),
     })
+}
+
+/// Model FLOPs of one [`dpo_train_throughput_with`] step, for MFU: the
+/// policy's forward and backward on `sequences` sequences of `seq_len` tokens.
+///
+/// Counted (multiply-add = 2 FLOPs): decoder linears `2 T P_lin` and attention
+/// scores and values `4 T^2 H d_head` per layer (the full square, as PaLM's MFU
+/// counts it), the LM head on the response half `T/2 d V`; with `images`, the
+/// vision tower up to its last layer and the projector on one image per
+/// sequence. Backward: the base weights are frozen, so only the input
+/// gradients of the decoder and LM head (once more their forward FLOPs) are
+/// computed; the frozen vision tower gets no backward; LoRA's own FLOPs
+/// (rank r against hidden d) are left out. Total: `2 F_decoder + F_vision`.
+pub fn dpo_step_flops(
+    cfg: &super::config::LlavaConfig,
+    seq_len: usize,
+    sequences: usize,
+    images: bool,
+) -> f64 {
+    let t = &cfg.text;
+    let (tl, d) = (seq_len as f64, t.hidden_size as f64);
+    let q = (t.num_attention_heads * t.head_dim) as f64;
+    let kv = (t.num_key_value_heads * t.head_dim) as f64;
+    let lin = d * q + 2.0 * d * kv + q * d + 3.0 * d * t.intermediate_size as f64;
+    let per_layer = 2.0 * tl * lin + 4.0 * tl * tl * q;
+    let head = 2.0 * (tl / 2.0) * d * t.vocab_size as f64;
+    let decoder = t.num_hidden_layers as f64 * per_layer + head;
+    let vision = match (images, cfg.vision.as_ref()) {
+        (true, Some(v)) => {
+            let p = (v.num_patches() + 1) as f64;
+            let dv = v.hidden_size as f64;
+            let layer = 2.0 * p * (4.0 * dv * dv + 2.0 * dv * v.intermediate_size as f64)
+                + 4.0 * p * p * dv;
+            let proj = match cfg.projector {
+                super::config::ProjectorKind::Linear => dv * d,
+                super::config::ProjectorKind::Mlp2xGelu => dv * d + d * d,
+            };
+            v.num_hidden_layers as f64 * layer + 2.0 * (p - 1.0) * proj
+        }
+        _ => 0.0,
+    };
+    sequences as f64 * (2.0 * decoder + vision)
 }
 
 /// The benchmark decoder of issue 6: hidden 256, 4 layers, 4 heads of 64,

@@ -34,6 +34,17 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// The dtype weights are loaded in: `dtype`, else f32 on the CPU and bf16 on a GPU.
+    pub fn resolved_dtype(&self) -> DType {
+        self.dtype.unwrap_or(if self.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        })
+    }
+}
+
 /// Parse `cpu`, `cuda` or `cuda:N`. A CUDA device needs the `cuda` feature.
 pub fn parse_device(s: &str) -> Result<Device> {
     match s {
@@ -277,7 +288,9 @@ impl LlavaModel {
             } else {
                 Tensor::randn(0f32, 0.02, s.shape.as_slice(), &dev)?
             };
-            map.insert(s.name.clone(), t);
+            // In the model's dtype at once, so that a bf16 7B model on a GPU
+            // never holds all its weights in f32 as well.
+            map.insert(s.name.clone(), t.to_dtype(opts.resolved_dtype())?);
         }
         Self::build(&map, cfg, PathBuf::new(), opts)
     }
@@ -372,11 +385,7 @@ impl LlavaModel {
         opts: &LoadOptions,
     ) -> Result<Self> {
         let dev = opts.device.clone();
-        let dt = opts.dtype.unwrap_or(if dev.is_cpu() {
-            DType::F32
-        } else {
-            DType::BF16
-        });
+        let dt = opts.resolved_dtype();
         let t = cfg.text.clone();
         let lm = "model.language_model";
         let embed_tokens = ck.tensor(&format!("{lm}.embed_tokens.weight"), dt, &dev)?;

@@ -30,6 +30,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+pub mod device_check;
 pub mod fused;
 pub mod generate;
 pub mod image;
