@@ -661,140 +661,41 @@ fn duplicate_ids_are_refused_at_load_time() {
 #[test]
 fn the_by_hand_pipeline_runs_with_relative_paths_from_another_directory() {
     let cwd = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
+    // One command line of the README's "by hand" section (paths hold no spaces).
+    let run = |line: &str| {
+        let args: Vec<&str> = line.split_whitespace().collect();
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_hdpo"))
             .current_dir(cwd.path())
-            .args(args)
+            .args(&args)
             .output()
             .unwrap();
         assert!(
             o.status.success(),
-            "hdpo {args:?} failed:\n{}",
+            "hdpo {line} failed:\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8(o.stdout).unwrap()
     };
-    run(&[
-        "phantom", "--out", "phantom", "--seed", "0", "--train", "6", "--test", "3", "--size", "32",
-    ]);
-    run(&[
-        "align",
-        "--data",
-        "phantom",
-        "--format",
-        "phantom-report",
-        "--out",
-        "encoder",
-        "--epochs",
-        "1",
-        "--image-size",
-        "32",
-    ]);
-    run(&[
-        "curate",
-        "--data",
-        "phantom",
-        "--format",
-        "phantom",
-        "--heatmaps",
-        "mask",
-        "--encoder",
-        "encoder",
-        "--out",
-        "pairs/pairs.jsonl",
-    ]);
-    run(&[
-        "init-model",
-        "--tokenizer-from",
-        "phantom",
-        "--format",
-        "phantom",
-        "--out",
-        "M",
-    ]);
-    run(&[
-        "train",
-        "sft",
-        "--model",
-        "M",
-        "--data",
-        "phantom",
-        "--format",
-        "phantom",
-        "--template",
-        "llava_plain",
-        "--out",
-        "runs/sft",
-        "--preset",
-        "phantom",
-        "--epochs",
-        "1",
-        "--max-steps",
-        "2",
-    ]);
-    // A halted run keeps no adapter: finish it (same run, resumed).
-    run(&[
-        "train",
-        "sft",
-        "--model",
-        "M",
-        "--data",
-        "phantom",
-        "--format",
-        "phantom",
-        "--template",
-        "llava_plain",
-        "--out",
-        "runs/sft",
-        "--preset",
-        "phantom",
-        "--epochs",
-        "1",
-        "--resume",
-    ]);
-    run(&[
-        "merge",
-        "--model",
-        "M",
-        "--adapter",
-        "runs/sft/adapter",
-        "--out",
-        "M_sft",
-    ]);
-    run(&[
-        "train",
-        "hdpo",
-        "--model",
-        "M_sft",
-        "--pairs",
-        "pairs/pairs.jsonl",
-        "--template",
-        "llava_plain",
-        "--out",
-        "runs/hdpo",
-        "--preset",
-        "phantom",
-        "--epochs",
-        "1",
-    ]);
-    run(&[
-        "predict",
-        "--model",
-        "M_sft",
-        "--adapter",
-        "runs/hdpo/adapter",
-        "--data",
-        "phantom",
-        "--format",
-        "phantom",
-        "--template",
-        "llava_plain",
-        "--out",
-        "preds.jsonl",
-        "--max-new-tokens",
-        "3",
-    ]);
-    let scores = run(&["eval", "vqa", "--predictions", "preds.jsonl", "--json"]);
+    let sft = "train sft --model M --data phantom --format phantom --template llava_plain \
+               --out runs/sft --preset phantom --epochs 1";
+    for line in [
+        "phantom --out phantom --seed 0 --train 6 --test 3 --size 32",
+        "align --data phantom --format phantom-report --out encoder --epochs 1 --image-size 32",
+        "curate --data phantom --format phantom --heatmaps mask --encoder encoder \
+         --out pairs/pairs.jsonl",
+        "init-model --tokenizer-from phantom --format phantom --out M",
+        // Halted after 2 steps, then finished: the same run, resumed.
+        &format!("{sft} --max-steps 2"),
+        &format!("{sft} --resume"),
+        "merge --model M --adapter runs/sft/adapter --out M_sft",
+        "train hdpo --model M_sft --pairs pairs/pairs.jsonl --template llava_plain \
+         --out runs/hdpo --preset phantom --epochs 1",
+        "predict --model M_sft --adapter runs/hdpo/adapter --data phantom --format phantom \
+         --template llava_plain --out preds.jsonl --max-new-tokens 3",
+    ] {
+        run(line);
+    }
+    let scores = run("eval vqa --predictions preds.jsonl --json");
     let v: serde_json::Value = serde_json::from_str(&scores).unwrap();
     assert!(v.is_object(), "{scores}");
     // Pair files hold paths inside their own folder, never the working directory's prefix.
