@@ -1,13 +1,15 @@
 //! Random bytes and random mutations of real records fed to every loader and
 //! to the image, `.npy` and mask readers: each returns Ok or an error, never panics.
 
+mod common;
+
 use std::path::Path;
 
+use common::shared_dir;
 use hdpo::data::image::decode_rgb;
 use hdpo::data::pairs::read_pairs_with;
 use hdpo::data::{load, DatasetFormat, LoadOptions};
 use hdpo::heatmap::io::{parse_npy, read_heatmap, read_mask, MaskLabels};
-use hdpo::util::shared_dir;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

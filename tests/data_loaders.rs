@@ -1,9 +1,12 @@
 //! Dataset loaders, images, heatmap / mask I/O and `hdpo data inspect`,
 //! tested on the real files in `../shared/data` and the model fixtures.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use common::shared_dir;
 use hdpo::data::image::{decode_rgb, load_rgb, Preprocess, Resample, ResizeMode};
 use hdpo::data::inspect::{inspect, lesion_share, InspectOptions};
 use hdpo::data::pairs::{read_pairs, read_pairs_with, write_pairs, write_rule_pairs, PairRecord};
@@ -12,7 +15,6 @@ use hdpo::heatmap::io::{
     is_subtle, read_daug, read_heatmap, read_mask, read_npy, write_npy, MaskLabels,
 };
 use hdpo::heatmap::Heatmap;
-use hdpo::util::shared_dir;
 use serde_json::{json, Value};
 
 fn data(p: &str) -> PathBuf {

@@ -206,7 +206,7 @@ fn gpu_check_script_runs_its_cpu_mode() {
         .args(["--cpu", "--out"])
         .arg(out_dir.path())
         .env("HDPO_BIN", env!("CARGO_BIN_EXE_hdpo"))
-        .env("HDPO_SHARED", hdpo::util::shared_dir())
+        .env("HDPO_SHARED", common::shared_dir())
         .output()
         .unwrap();
     let summary = std::fs::read_to_string(out_dir.path().join("summary.txt")).unwrap_or_default();

@@ -598,7 +598,7 @@ fn over_long_prompts_and_truncated_images_are_refused() {
         assert!(e.contains("max_position_embeddings"), "{cmd}: {e}");
     }
     // A real VQA-RAD JPEG cut in half.
-    let jpg = std::fs::read_dir(hdpo::util::shared_dir().join("data/vqa_rad/images"))
+    let jpg = std::fs::read_dir(common::shared_dir().join("data/vqa_rad/images"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "jpg"))

@@ -9,16 +9,18 @@
 //! the exact+stem mode is checked against numbers computed with the jar
 //! (`tests/data/metrics/meteor_exact_stem_jar.json`).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
+use common::shared_dir;
 use hdpo::eval::metrics::{
     self, clean, read_report_rows, read_vqa_rows, score_reports, score_vqa, Cleaner, Meteor,
     ReportScores,
 };
-use hdpo::util::shared_dir;
 
 fn fixtures() -> PathBuf {
     shared_dir().join("fixtures").join("metrics")

@@ -3,12 +3,14 @@
 //! image; with it they skip those records, count them per split and say so in their output
 //! and summaries.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::shared_dir;
 use hdpo::data::{load, DatasetFormat, LoadOptions, Split};
-use hdpo::util::shared_dir;
 
 fn vqa_rad() -> PathBuf {
     shared_dir().join("data/vqa_rad")

@@ -2,6 +2,8 @@
 //! subtle share, file layouts, heatmaps, reports and the consistency of
 //! answers with the ground truth, parsed back independently of the writer.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -554,7 +556,7 @@ fn answers_agree_with_the_ground_truth() {
 
 #[test]
 fn vocabulary_finding_terms_come_from_chexpert_phrases() {
-    let dir = hdpo::util::shared_dir().join("data/vocab/chexpert_phrases/mention");
+    let dir = common::shared_dir().join("data/vocab/chexpert_phrases/mention");
     let mut phrases = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let text = std::fs::read_to_string(e.unwrap().path()).unwrap();

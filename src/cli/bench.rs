@@ -34,9 +34,10 @@ pub enum Shape {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model directory whose config.json is used (weights are random, seed 0).
-    #[arg(long, default_value_os_t = hdpo::util::shared_dir().join("fixtures/models/tiny_llava"))]
-    pub model: PathBuf,
+    /// Model directory whose config.json is used (weights are random, seed 0); default: the
+    /// tiny LLaVA shape embedded from `configs/shapes/tiny-llava` (hidden 64, 2 layers).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "model")]
     pub shape: Shape,
     /// Tokens per sequence (text-only, random ids; the second half is the response).
@@ -87,9 +88,18 @@ fn targets_regex(list: &str) -> Result<String> {
     Ok(format!(".*language_model.*\\.({})", names.join("|")))
 }
 
+/// The default benchmark shape, compiled in so that the binary needs no file at run time.
+const TINY_LLAVA_CONFIG: &str = include_str!("../../configs/shapes/tiny-llava/config.json");
+
 fn build(a: &BenchArgs) -> Result<LlavaModel> {
-    let base = LlavaConfig::from_dir(&a.model)
-        .with_context(|| format!("cannot read the config of {}", a.model.display()))?;
+    let base = match &a.model {
+        Some(m) => LlavaConfig::from_dir(m)
+            .with_context(|| format!("cannot read the config of {}", m.display()))?,
+        None => LlavaConfig::from_json(
+            &serde_json::from_str(TINY_LLAVA_CONFIG)?,
+            "configs/shapes/tiny-llava/config.json",
+        )?,
+    };
     let cfg = match a.shape {
         Shape::Model => base,
         Shape::H256 => h256_config(&base),

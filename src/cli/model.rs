@@ -87,8 +87,8 @@ pub enum ModelCmd {
 
 #[derive(Args, Debug)]
 pub struct DeviceCheckArgs {
-    /// Model directory (default: the tiny LLaVA test fixture).
-    #[arg(long, default_value_os_t = hdpo::util::shared_dir().join("fixtures/models/tiny_llava"))]
+    /// Model directory with weights (the tiny LLaVA test fixture is a good first check).
+    #[arg(long)]
     pub model: PathBuf,
     /// PEFT adapter put on both copies (default: MODEL/lora_adapter).
     #[arg(long)]

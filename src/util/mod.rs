@@ -10,14 +10,3 @@ pub mod progress;
 pub mod render;
 pub mod seed;
 pub mod validate;
-
-use std::path::PathBuf;
-
-/// The shared folder with the reference fixtures and real data samples:
-/// `$HDPO_SHARED` if set, else `../shared` beside this crate's manifest.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("HDPO_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
-    }
-}

@@ -11,9 +11,19 @@ use std::process::Command;
 use candle_core::{DType, Device, Tensor};
 use hdpo::encode::align::AlignConfig;
 
+/// The shared folder with the reference fixtures and real data samples:
+/// `$HDPO_SHARED` if set, else `../shared` beside this crate's manifest. Only the tests
+/// read it; the library and the binary never do.
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os("HDPO_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    }
+}
+
 /// `fixtures/models/<name>`.
 pub fn model_fixture(name: &str) -> PathBuf {
-    hdpo::util::shared_dir().join("fixtures/models").join(name)
+    shared_dir().join("fixtures/models").join(name)
 }
 
 /// The fixture's `reference.safetensors`.
