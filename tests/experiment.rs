@@ -703,3 +703,56 @@ fn experiment_cli_with_a_relative_out_from_another_working_directory() {
         pairs.display()
     );
 }
+
+/// The base model's full-weight pretraining: every tensor `tiny::make_trainable` hands the
+/// optimiser (the patch embedding and the vision layer norms included) gets a non-zero
+/// gradient from the SFT loss, so none is silently frozen by an op without a backward pass.
+#[test]
+fn every_tensor_of_the_base_model_pretraining_gets_a_gradient() {
+    use hdpo::train::SftPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let ph = hdpo::data::phantom::PhantomConfig {
+        seed: 4,
+        train: 4,
+        val: 0,
+        test: 0,
+        size: 32,
+        ..Default::default()
+    };
+    hdpo::data::phantom::generate(&ph, dir.path()).unwrap();
+    let samples = hdpo::data::load(
+        hdpo::data::DatasetFormat::Phantom,
+        dir.path(),
+        &hdpo::data::LoadOptions::default(),
+    )
+    .unwrap()
+    .samples;
+    let cfg = ExperimentConfig::phantom();
+    let template = hdpo::model::ChatTemplate::from_name(&cfg.model.template).unwrap();
+    let (mut model, tok) =
+        hdpo::experiment::tiny::init_tiny_model(&cfg.model, &samples, template, 0).unwrap();
+    let vars = hdpo::experiment::tiny::make_trainable(&mut model).unwrap();
+    assert!(vars.iter().any(|(n, _)| n == "vision.patch_embedding"));
+    let ttok = hdpo::experiment::tiny::text_tokenizer(tok);
+    let policy = hdpo::experiment::pieces::FullWeights {
+        inner: hdpo::model::LlavaPolicy::new(&model, &ttok, template).unwrap(),
+        vars,
+    };
+    let items: Vec<_> = hdpo::experiment::pieces::sft_examples(&samples[..6])
+        .unwrap()
+        .into_iter()
+        .map(|e| e.item)
+        .collect();
+    let nll = policy.nll(&items).unwrap();
+    let grads = nll.sum.backward().unwrap();
+    for (name, var) in policy.trainable() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm² {norm}"
+        );
+    }
+}

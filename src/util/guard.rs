@@ -177,7 +177,7 @@ impl RunFingerprint {
     ///   since nothing says what made it;
     /// - same parts: the output may be continued;
     /// - other parts: refused, naming each differing part, unless `overwrite`; with
-    ///   `overwrite` the caller must have cleared the output first ([`Overwrite`]).
+    ///   `overwrite` the caller must have cleared the output first ([`claim_output_folder`] does).
     pub fn check_and_record(&self, file: &Path, existing_output: bool) -> Result<()> {
         let what = output_of(file);
         match Self::read(file)? {
@@ -430,51 +430,47 @@ pub fn check_output_against_inputs(option: &str, output: &Path, inputs: &[Input]
     Ok(())
 }
 
-/// With `--overwrite`: remove an earlier run's outputs before a fresh start. Only outputs that
-/// hdpo wrote (a folder with a fingerprint or a checkpoint, a file) are removed.
-pub struct Overwrite;
-
-impl Overwrite {
-    /// Clear the run folder `dir`: every entry except the lock this run holds.
-    pub fn clear_folder(dir: &Path) -> Result<()> {
-        if !dir.exists() {
-            return Ok(());
-        }
-        let ours = folder_fingerprint_file(dir).exists()
-            || dir.join("checkpoints").exists()
-            || dir.join("config.json").exists();
-        if !ours {
-            bail!(
-                "--overwrite: {} does not look like an hdpo run folder (no .hdpo-run.json, \
-                 config.json or checkpoints/); refusing to delete it",
-                dir.display()
-            );
-        }
-        for e in std::fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.file_name().is_some_and(|n| n == ".hdpo.lock") {
-                continue;
-            }
-            let r = if p.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
-            };
-            r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
-        }
-        Ok(())
+/// With `--overwrite`: clear the run folder `dir` (every entry except the lock this run
+/// holds) before a fresh start. Only a folder hdpo wrote (with a fingerprint, a config or
+/// checkpoints) is cleared.
+fn clear_run_folder(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
     }
-
-    /// Remove the files `paths` where they exist.
-    pub fn remove_files(paths: &[PathBuf]) -> Result<()> {
-        for p in paths {
-            if p.exists() {
-                std::fs::remove_file(p)
-                    .with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
-            }
-        }
-        Ok(())
+    let ours = folder_fingerprint_file(dir).exists()
+        || dir.join("checkpoints").exists()
+        || dir.join("config.json").exists();
+    if !ours {
+        bail!(
+            "--overwrite: {} does not look like an hdpo run folder (no .hdpo-run.json, \
+             config.json or checkpoints/); refusing to delete it",
+            dir.display()
+        );
     }
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.file_name().is_some_and(|n| n == ".hdpo.lock") {
+            continue;
+        }
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// With `--overwrite`: remove the files `paths` where they exist.
+fn remove_files(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        if p.exists() {
+            std::fs::remove_file(p)
+                .with_context(|| format!("--overwrite: cannot remove {}", p.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Take an output file for a run: lock it, refuse it when it is an input, with `overwrite`
@@ -494,7 +490,7 @@ pub fn claim_output_file(
     if overwrite {
         let mut all = stale.to_vec();
         all.push(record.clone());
-        Overwrite::remove_files(&all)?;
+        remove_files(&all)?;
     }
     let existing = stale.iter().any(|p| p.exists());
     fingerprint.check_and_record(&record, existing)?;
@@ -515,7 +511,7 @@ pub fn claim_output_folder(
     check_output_against_inputs(option, out, inputs)?;
     let lock = OutputLock::folder(out)?;
     if overwrite {
-        Overwrite::clear_folder(out)?;
+        clear_run_folder(out)?;
     }
     fingerprint.check_and_record(&folder_fingerprint_file(out), existing(out))?;
     Ok(lock)
